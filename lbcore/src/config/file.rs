@@ -1,0 +1,767 @@
+//! The shape of the TOML file and every rule about what is valid in it.
+//!
+//! The file is read in two steps: serde into the `Raw*` structs below (which refuses
+//! unknown fields and wrong types, with line and column), then [`Validator`] turns them
+//! into the model of `config/mod.rs`, checking ranges, combinations and uniqueness.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+use std::ops::Range;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    Check, Config, ConfigError, Endpoint, Forwarding, Layer, Persistence, Probe, ProxySettings,
+    RealServer, Scheduler, Service, Span,
+};
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFile {
+    #[serde(default, alias = "services")]
+    service: Vec<Spanned<RawService>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawService {
+    #[serde(alias = "name")]
+    label: String,
+    layer: u8,
+    address: IpAddr,
+    #[serde(default)]
+    ports: Vec<u16>,
+    /// A single port, for services that have one.
+    port: Option<u16>,
+    scheduler: Option<RawScheduler>,
+    forwarding: Option<RawForwarding>,
+    persistence: Option<Spanned<RawPersistence>>,
+    check: Option<Spanned<RawCheck>>,
+    fallback: Option<Spanned<RawEndpoint>>,
+    connect_timeout: Option<Span>,
+    retries: Option<u32>,
+    queue: Option<Spanned<RawQueue>>,
+    keepalive: Option<Span>,
+    #[serde(default, alias = "real_servers")]
+    real_server: Vec<Spanned<RawRealServer>>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum RawScheduler {
+    Rr,
+    Wrr,
+    Lc,
+    Wlc,
+    Sh,
+    Mh,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum RawForwarding {
+    #[serde(alias = "dr")]
+    DirectRouting,
+    #[serde(alias = "masq")]
+    Nat,
+    Snat,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPersistence {
+    timeout: Span,
+    netmask: Option<u8>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawEndpoint {
+    address: IpAddr,
+    port: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    size: Option<u32>,
+    timeout: Option<Span>,
+}
+
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+enum RawCheckKind {
+    None,
+    Tcp,
+    #[serde(alias = "icmp")]
+    Ping,
+    #[serde(alias = "dicom", alias = "c-echo")]
+    DicomEcho,
+    #[serde(alias = "mllp")]
+    Hl7,
+    Http,
+    Https,
+    #[serde(alias = "external")]
+    Script,
+}
+
+impl RawCheckKind {
+    fn name(self) -> &'static str {
+        match self {
+            RawCheckKind::None => "none",
+            RawCheckKind::Tcp => "tcp",
+            RawCheckKind::Ping => "ping",
+            RawCheckKind::DicomEcho => "dicom-echo",
+            RawCheckKind::Hl7 => "hl7",
+            RawCheckKind::Http => "http",
+            RawCheckKind::Https => "https",
+            RawCheckKind::Script => "script",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    #[serde(alias = "type")]
+    kind: RawCheckKind,
+    interval: Option<Span>,
+    timeout: Option<Span>,
+    rise: Option<u32>,
+    fall: Option<u32>,
+    port: Option<u16>,
+    calling_ae: Option<String>,
+    called_ae: Option<String>,
+    message: Option<String>,
+    path: Option<String>,
+    expect_status: Option<u16>,
+    host: Option<String>,
+    script: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRealServer {
+    #[serde(alias = "name")]
+    label: String,
+    address: IpAddr,
+    port: Option<u16>,
+    weight: Option<u32>,
+    max_connections: Option<u32>,
+    min_connections: Option<u32>,
+}
+
+const DEFAULT_WEIGHT: u32 = 100;
+const MAX_WEIGHT: u32 = 65_535;
+const DEFAULT_CALLING_AE: &str = "LOADBALANCER";
+const DEFAULT_CALLED_AE: &str = "ANY-SCP";
+
+pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawFile = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
+    Validator { text }.config(raw)
+}
+
+/// Turns a serde/TOML error into one that also names the service it is in.
+fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
+    let service = e
+        .span()
+        .and_then(|span| service_around(text, span.start))
+        .map(|s| format!("in {s}: "))
+        .unwrap_or_default();
+    ConfigError::Syntax {
+        path: None,
+        message: format!("{service}{}", e.message().trim_end()).replace('\n', " ")
+            + &location_suffix(text, e.span()),
+    }
+}
+
+fn location_suffix(text: &str, span: Option<Range<usize>>) -> String {
+    match span {
+        Some(span) => {
+            let (line, col) = line_col(text, span.start);
+            format!(" (line {line}, column {col})")
+        }
+        None => String::new(),
+    }
+}
+
+/// For an error the serde step found, which `[[service]]` table holds byte `offset`:
+/// `service 2 ("PACS")`. Best effort; the line and column are always given as well.
+fn service_around(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let mut index = 0;
+    let mut start = None;
+    let mut pos = 0;
+    for line in before.split_inclusive('\n') {
+        if line.trim_start().starts_with("[[service]]") {
+            index += 1;
+            start = Some(pos);
+        }
+        pos += line.len();
+    }
+    let start = start?;
+    let label = text[start..]
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.trim_start().starts_with('['))
+        .find_map(|l| {
+            let (key, value) = l.split_once('=')?;
+            matches!(key.trim(), "label" | "name")
+                .then(|| value.trim().trim_matches('"').to_string())
+        });
+    Some(match label {
+        Some(l) => format!("service {index} (\"{l}\")"),
+        None => format!("service {index}"),
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+struct Validator<'a> {
+    text: &'a str,
+}
+
+/// Where an error is: the table it belongs to and how to name it.
+struct At<'v> {
+    v: &'v Validator<'v>,
+    span: Range<usize>,
+    context: String,
+}
+
+impl At<'_> {
+    fn err(&self, field: &str, problem: impl Into<String>) -> ConfigError {
+        let (line, column) = line_col(self.v.text, self.span.start);
+        ConfigError::Invalid {
+            path: None,
+            line: Some(line),
+            column: Some(column),
+            context: self.context.clone(),
+            field: field.to_string(),
+            problem: problem.into(),
+        }
+    }
+
+    fn nested(&self, span: Range<usize>, context: String) -> At<'_> {
+        At {
+            v: self.v,
+            span,
+            context: format!("{}{context}", self.context),
+        }
+    }
+}
+
+fn check_label(at: &At, label: &str) -> Result<(), ConfigError> {
+    if label.is_empty() {
+        return Err(at.err("label", "must not be empty"));
+    }
+    if label.len() > 64 {
+        return Err(at.err("label", "must be at most 64 characters"));
+    }
+    if let Some(c) = label
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return Err(at.err(
+            "label",
+            format!("`{label}` contains `{c}`: use letters, digits, `_`, `-` and `.`"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_address(at: &At, field: &str, address: IpAddr) -> Result<(), ConfigError> {
+    if address.is_unspecified() {
+        return Err(at.err(field, format!("{address} is not a usable address")));
+    }
+    if address.is_multicast() || address == IpAddr::from([255, 255, 255, 255]) {
+        return Err(at.err(
+            field,
+            format!("{address} is a multicast or broadcast address"),
+        ));
+    }
+    Ok(())
+}
+
+fn check_port(at: &At, field: &str, port: u16) -> Result<(), ConfigError> {
+    if port == 0 {
+        return Err(at.err(field, "port 0 is not a valid port (use 1 to 65535)"));
+    }
+    Ok(())
+}
+
+impl Validator<'_> {
+    fn config(&self, raw: RawFile) -> Result<Config, ConfigError> {
+        let mut services: Vec<Service> = Vec::with_capacity(raw.service.len());
+        for (i, spanned) in raw.service.into_iter().enumerate() {
+            let span = spanned.span();
+            let raw = spanned.into_inner();
+            let at = At {
+                v: self,
+                span,
+                context: format!("service {} (\"{}\"): ", i + 1, raw.label),
+            };
+            let service = self.service(&at, raw)?;
+            if services.iter().any(|s| s.label == service.label) {
+                return Err(at.err(
+                    "label",
+                    format!("another service is already called `{}`", service.label),
+                ));
+            }
+            for other in &services {
+                if other.address == service.address {
+                    if let Some(port) = service.ports.iter().find(|p| other.ports.contains(p)) {
+                        return Err(at.err(
+                            "ports",
+                            format!(
+                                "{}:{port} is already used by service `{}`",
+                                service.address, other.label
+                            ),
+                        ));
+                    }
+                }
+            }
+            services.push(service);
+        }
+        Ok(Config { services })
+    }
+
+    fn service(&self, at: &At, raw: RawService) -> Result<Service, ConfigError> {
+        check_label(at, &raw.label)?;
+        check_address(at, "address", raw.address)?;
+
+        let mut ports = raw.ports.clone();
+        match (raw.port, ports.is_empty()) {
+            (Some(p), true) => ports.push(p),
+            (Some(_), false) => {
+                return Err(at.err("port", "give either `port` or `ports`, not both"));
+            }
+            (None, true) => {
+                return Err(at.err("ports", "at least one port is required, e.g. ports = [104]"));
+            }
+            (None, false) => {}
+        }
+        let mut seen = HashSet::new();
+        for &p in &ports {
+            check_port(at, "ports", p)?;
+            if !seen.insert(p) {
+                return Err(at.err("ports", format!("port {p} is listed twice")));
+            }
+        }
+
+        let layer = match raw.layer {
+            4 => {
+                for (set, field) in [
+                    (raw.connect_timeout.is_some(), "connect_timeout"),
+                    (raw.retries.is_some(), "retries"),
+                    (raw.queue.is_some(), "queue"),
+                    (raw.keepalive.is_some(), "keepalive"),
+                ] {
+                    if set {
+                        return Err(at.err(field, "applies only to layer 7 services"));
+                    }
+                }
+                Layer::Four {
+                    forwarding: match raw.forwarding.unwrap_or(RawForwarding::DirectRouting) {
+                        RawForwarding::DirectRouting => Forwarding::DirectRouting,
+                        RawForwarding::Nat => Forwarding::Nat,
+                        RawForwarding::Snat => Forwarding::Snat,
+                    },
+                }
+            }
+            7 => {
+                if raw.forwarding.is_some() {
+                    return Err(at.err(
+                        "forwarding",
+                        "applies only to layer 4 services (a layer 7 service always proxies)",
+                    ));
+                }
+                Layer::Seven(self.proxy(at, &raw)?)
+            }
+            other => return Err(at.err("layer", format!("must be 4 or 7, got {other}"))),
+        };
+
+        let scheduler = match raw.scheduler.unwrap_or(RawScheduler::Wlc) {
+            RawScheduler::Rr => Scheduler::Rr,
+            RawScheduler::Wrr => Scheduler::Wrr,
+            RawScheduler::Lc => Scheduler::Lc,
+            RawScheduler::Wlc => Scheduler::Wlc,
+            RawScheduler::Sh => Scheduler::Sh,
+            RawScheduler::Mh => Scheduler::Mh,
+        };
+        if matches!(layer, Layer::Seven(_)) && matches!(scheduler, Scheduler::Sh | Scheduler::Mh) {
+            return Err(at.err(
+                "scheduler",
+                format!(
+                    "`{}` is available only for layer 4 services; layer 7 offers rr, wrr, lc and wlc (use persistence to keep a client on one server)",
+                    scheduler.name()
+                ),
+            ));
+        }
+
+        let persistence = match raw.persistence {
+            None => None,
+            Some(p) => {
+                let pat = at.nested(p.span(), String::new());
+                let p = p.into_inner();
+                if p.timeout.0.is_zero() {
+                    return Err(pat.err("persistence.timeout", "must be longer than 0s"));
+                }
+                if let Some(mask) = p.netmask {
+                    if matches!(layer, Layer::Seven(_)) {
+                        return Err(
+                            pat.err("persistence.netmask", "applies only to layer 4 services")
+                        );
+                    }
+                    let max = if raw.address.is_ipv4() { 32 } else { 128 };
+                    if mask == 0 || mask > max {
+                        return Err(pat.err(
+                            "persistence.netmask",
+                            format!("must be a prefix length from 1 to {max}, got {mask}"),
+                        ));
+                    }
+                }
+                Some(Persistence {
+                    timeout: p.timeout.0,
+                    netmask: p.netmask,
+                })
+            }
+        };
+
+        let check = match raw.check {
+            None => Check::default(),
+            Some(c) => {
+                let cat = at.nested(c.span(), String::new());
+                self.check(&cat, c.into_inner())?
+            }
+        };
+
+        let fallback = match raw.fallback {
+            None => None,
+            Some(f) => {
+                let fat = at.nested(f.span(), String::new());
+                let f = f.into_inner();
+                check_address(&fat, "fallback.address", f.address)?;
+                if let Some(p) = f.port {
+                    check_port(&fat, "fallback.port", p)?;
+                }
+                Some(Endpoint {
+                    address: f.address,
+                    port: f.port,
+                })
+            }
+        };
+
+        let mut real_servers: Vec<RealServer> = Vec::with_capacity(raw.real_server.len());
+        for (i, spanned) in raw.real_server.into_iter().enumerate() {
+            let rs = spanned.get_ref();
+            let rat = at.nested(
+                spanned.span(),
+                format!("real_server {} (\"{}\"): ", i + 1, rs.label),
+            );
+            let server = self.real_server(&rat, &layer, &ports, spanned.into_inner())?;
+            if real_servers.iter().any(|s| s.label == server.label) {
+                return Err(rat.err(
+                    "label",
+                    format!(
+                        "this service already has a real server called `{}`",
+                        server.label
+                    ),
+                ));
+            }
+            if let Some(twin) = real_servers
+                .iter()
+                .find(|s| s.address == server.address && s.port == server.port)
+            {
+                return Err(rat.err(
+                    "address",
+                    format!("same address and port as real server `{}`", twin.label),
+                ));
+            }
+            real_servers.push(server);
+        }
+
+        Ok(Service {
+            label: raw.label,
+            address: raw.address,
+            ports,
+            layer,
+            scheduler,
+            persistence,
+            check,
+            fallback,
+            real_servers,
+        })
+    }
+
+    fn proxy(&self, at: &At, raw: &RawService) -> Result<ProxySettings, ConfigError> {
+        let mut p = ProxySettings::default();
+        if let Some(t) = raw.connect_timeout {
+            if t.0.is_zero() {
+                return Err(at.err("connect_timeout", "must be longer than 0s"));
+            }
+            p.connect_timeout = t.0;
+        }
+        if let Some(r) = raw.retries {
+            p.retries = r;
+        }
+        if let Some(q) = &raw.queue {
+            let qat = at.nested(q.span(), String::new());
+            let q = q.get_ref();
+            if let Some(size) = q.size {
+                if size > 100_000 {
+                    return Err(
+                        qat.err("queue.size", format!("must be at most 100000, got {size}"))
+                    );
+                }
+                p.queue_size = size;
+            }
+            if let Some(t) = q.timeout {
+                if t.0.is_zero() {
+                    return Err(qat.err("queue.timeout", "must be longer than 0s"));
+                }
+                p.queue_timeout = t.0;
+            }
+        }
+        if let Some(k) = raw.keepalive {
+            if k.0.as_secs() < 1 {
+                return Err(at.err("keepalive", "must be at least 1s"));
+            }
+            p.keepalive_idle = k.0;
+        }
+        Ok(p)
+    }
+
+    fn check(&self, at: &At, raw: RawCheck) -> Result<Check, ConfigError> {
+        let kind = raw.kind;
+        let only_for =
+            |set: bool, field: &str, kinds: &[RawCheckKind]| -> Result<(), ConfigError> {
+                if set && !kinds.contains(&kind) {
+                    let names: Vec<_> = kinds.iter().map(|k| format!("\"{}\"", k.name())).collect();
+                    return Err(at.err(
+                        &format!("check.{field}"),
+                        format!(
+                            "does not apply to check kind \"{}\" (only to {})",
+                            kind.name(),
+                            names.join(", ")
+                        ),
+                    ));
+                }
+                Ok(())
+            };
+        use RawCheckKind as K;
+        only_for(raw.calling_ae.is_some(), "calling_ae", &[K::DicomEcho])?;
+        only_for(raw.called_ae.is_some(), "called_ae", &[K::DicomEcho])?;
+        only_for(raw.message.is_some(), "message", &[K::Hl7])?;
+        only_for(raw.path.is_some(), "path", &[K::Http, K::Https])?;
+        only_for(
+            raw.expect_status.is_some(),
+            "expect_status",
+            &[K::Http, K::Https],
+        )?;
+        only_for(raw.host.is_some(), "host", &[K::Http, K::Https])?;
+        only_for(raw.script.is_some(), "script", &[K::Script])?;
+        only_for(
+            raw.port.is_some(),
+            "port",
+            &[K::Tcp, K::DicomEcho, K::Hl7, K::Http, K::Https, K::Script],
+        )?;
+
+        let mut check = Check::default();
+        if let Some(i) = raw.interval {
+            if i.0 < std::time::Duration::from_millis(100) {
+                return Err(at.err("check.interval", format!("must be at least 100ms, got {i}")));
+            }
+            check.interval = i.0;
+        }
+        if let Some(t) = raw.timeout {
+            if t.0 < std::time::Duration::from_millis(10) {
+                return Err(at.err("check.timeout", format!("must be at least 10ms, got {t}")));
+            }
+            check.timeout = t.0;
+        }
+        for (value, field) in [(raw.rise, "rise"), (raw.fall, "fall")] {
+            if let Some(n) = value {
+                if !(1..=100).contains(&n) {
+                    return Err(at.err(
+                        &format!("check.{field}"),
+                        format!("must be from 1 to 100, got {n}"),
+                    ));
+                }
+            }
+        }
+        check.rise = raw.rise.unwrap_or(check.rise);
+        check.fall = raw.fall.unwrap_or(check.fall);
+        if let Some(p) = raw.port {
+            check_port(at, "check.port", p)?;
+            check.port = Some(p);
+        }
+
+        check.probe = match kind {
+            K::None => Probe::None,
+            K::Tcp => Probe::Tcp,
+            K::Ping => Probe::Ping,
+            K::DicomEcho => {
+                let calling_ae = raw.calling_ae.unwrap_or_else(|| DEFAULT_CALLING_AE.into());
+                let called_ae = raw.called_ae.unwrap_or_else(|| DEFAULT_CALLED_AE.into());
+                check_ae_title(at, "check.calling_ae", &calling_ae)?;
+                check_ae_title(at, "check.called_ae", &called_ae)?;
+                Probe::DicomEcho {
+                    calling_ae,
+                    called_ae,
+                }
+            }
+            K::Hl7 => {
+                if let Some(m) = &raw.message {
+                    if !m.starts_with("MSH") || m.len() < 9 {
+                        return Err(at.err(
+                            "check.message",
+                            "must be an HL7 v2 message starting with an MSH segment",
+                        ));
+                    }
+                    if m.split(['\r', '\n'])
+                        .next()
+                        .is_some_and(|msh| msh.split('|').nth(9).is_none())
+                    {
+                        return Err(at.err(
+                            "check.message",
+                            "the MSH segment needs a message control ID (MSH-10) for the ACK to echo",
+                        ));
+                    }
+                }
+                Probe::Hl7 {
+                    message: raw.message,
+                }
+            }
+            K::Http | K::Https => {
+                let path = raw.path.unwrap_or_else(|| "/".into());
+                if !path.starts_with('/')
+                    || path.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return Err(at.err(
+                        "check.path",
+                        format!("`{path}` must start with `/` and contain no spaces"),
+                    ));
+                }
+                let expect_status = raw.expect_status.unwrap_or(200);
+                if !(100..=599).contains(&expect_status) {
+                    return Err(at.err(
+                        "check.expect_status",
+                        format!("must be an HTTP status from 100 to 599, got {expect_status}"),
+                    ));
+                }
+                Probe::Http {
+                    path,
+                    expect_status,
+                    tls: kind == K::Https,
+                    host: raw.host,
+                }
+            }
+            K::Script => {
+                let Some(path) = raw.script else {
+                    return Err(at.err(
+                        "check.script",
+                        "is required for check kind \"script\" (the absolute path of the program)",
+                    ));
+                };
+                if !path.is_absolute() {
+                    return Err(at.err(
+                        "check.script",
+                        format!("`{}` must be an absolute path", path.display()),
+                    ));
+                }
+                Probe::Script { path }
+            }
+        };
+        Ok(check)
+    }
+
+    fn real_server(
+        &self,
+        at: &At,
+        layer: &Layer,
+        service_ports: &[u16],
+        raw: RawRealServer,
+    ) -> Result<RealServer, ConfigError> {
+        check_label(at, &raw.label)?;
+        check_address(at, "address", raw.address)?;
+        if let Some(p) = raw.port {
+            check_port(at, "port", p)?;
+        }
+        let weight = raw.weight.unwrap_or(DEFAULT_WEIGHT);
+        if weight > MAX_WEIGHT {
+            return Err(at.err(
+                "weight",
+                format!("must be from 0 to {MAX_WEIGHT}, got {weight}"),
+            ));
+        }
+        let max_connections = raw.max_connections.unwrap_or(0);
+        let min_connections = raw.min_connections.unwrap_or(0);
+        match layer {
+            Layer::Seven(_) => {
+                if raw.min_connections.is_some() {
+                    return Err(at.err(
+                        "min_connections",
+                        "applies only to layer 4 services (the IPVS lower threshold)",
+                    ));
+                }
+            }
+            Layer::Four { forwarding } => {
+                if max_connections != 0 && min_connections > max_connections {
+                    return Err(at.err(
+                        "min_connections",
+                        format!("{min_connections} is above max_connections ({max_connections})"),
+                    ));
+                }
+                if *forwarding == Forwarding::DirectRouting {
+                    if let Some(p) = raw.port.filter(|p| !service_ports.contains(p)) {
+                        return Err(at.err(
+                            "port",
+                            format!(
+                                "direct routing cannot change the port: {p} is not one of the service's ports {service_ports:?} (leave it out or use nat)"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(RealServer {
+            label: raw.label,
+            address: raw.address,
+            port: raw.port,
+            weight,
+            max_connections,
+            min_connections,
+        })
+    }
+}
+
+/// DICOM PS3.8: an AE title is 1 to 16 characters of the default repertoire, no backslash
+/// or control characters, and not only spaces.
+fn check_ae_title(at: &At, field: &str, ae: &str) -> Result<(), ConfigError> {
+    if ae.trim().is_empty() {
+        return Err(at.err(field, "must not be empty or only spaces"));
+    }
+    if ae.len() > 16 {
+        return Err(at.err(field, format!("`{ae}` is longer than 16 characters")));
+    }
+    if let Some(c) = ae
+        .chars()
+        .find(|c| !c.is_ascii() || c.is_ascii_control() || *c == '\\')
+    {
+        return Err(at.err(
+            field,
+            format!("`{ae}` contains {c:?}; AE titles are plain ASCII without `\\`"),
+        ));
+    }
+    Ok(())
+}

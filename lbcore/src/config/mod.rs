@@ -1,0 +1,336 @@
+//! The configuration model of the load-balancing core: virtual services, their real
+//! servers, health checks, persistence and fallback.
+//!
+//! The file on `/data` is TOML ([`file`] holds its exact shape); [`load`] and [`parse`]
+//! turn it into the validated model below, or into a [`ConfigError`] that names the
+//! service, the field and what is wrong, with the line and column where known. Nothing
+//! else in lbcore reads the file: every rule about what is valid lives in `file.rs`.
+
+pub mod duration;
+mod file;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+pub use duration::Span;
+
+/// A validated configuration.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Config {
+    pub services: Vec<Service>,
+}
+
+/// One virtual service: an address and ports that clients connect to.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Service {
+    pub label: String,
+    pub address: IpAddr,
+    pub ports: Vec<u16>,
+    pub layer: Layer,
+    pub scheduler: Scheduler,
+    pub persistence: Option<Persistence>,
+    pub check: Check,
+    /// Used only while no real server is up. `port: None` keeps the port the client used.
+    pub fallback: Option<Endpoint>,
+    pub real_servers: Vec<RealServer>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "layer")]
+pub enum Layer {
+    /// Kernel IPVS.
+    #[serde(rename = "4")]
+    Four { forwarding: Forwarding },
+    /// lbcore's own TCP proxy.
+    #[serde(rename = "7")]
+    Seven(ProxySettings),
+}
+
+impl Layer {
+    pub fn number(&self) -> u8 {
+        match self {
+            Layer::Four { .. } => 4,
+            Layer::Seven(_) => 7,
+        }
+    }
+}
+
+/// How a Layer 4 service forwards packets to its real servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forwarding {
+    DirectRouting,
+    Nat,
+    Snat,
+}
+
+/// Settings of the Layer 7 TCP proxy that have no meaning at Layer 4.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ProxySettings {
+    /// Time allowed for one connection attempt to a real server.
+    pub connect_timeout: Duration,
+    /// Further servers tried after a failed connection attempt.
+    pub retries: u32,
+    /// Clients allowed to wait when every server is at `max_connections`.
+    pub queue_size: u32,
+    /// How long a queued client waits for a free slot before it is refused.
+    pub queue_timeout: Duration,
+    /// TCP keepalive: idle time before the first probe, on both sides.
+    pub keepalive_idle: Duration,
+}
+
+impl Default for ProxySettings {
+    fn default() -> Self {
+        ProxySettings {
+            connect_timeout: Duration::from_secs(3),
+            retries: 2,
+            queue_size: 64,
+            queue_timeout: Duration::from_secs(5),
+            keepalive_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Scheduler {
+    /// Round robin (weights ignored).
+    Rr,
+    /// Weighted round robin.
+    Wrr,
+    /// Least connections (weights ignored).
+    Lc,
+    /// Weighted least connections.
+    Wlc,
+    /// Source hashing (Layer 4 only).
+    Sh,
+    /// Maglev hashing (Layer 4 only).
+    Mh,
+}
+
+impl Scheduler {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scheduler::Rr => "rr",
+            Scheduler::Wrr => "wrr",
+            Scheduler::Lc => "lc",
+            Scheduler::Wlc => "wlc",
+            Scheduler::Sh => "sh",
+            Scheduler::Mh => "mh",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Persistence {
+    /// A client's entry expires once this long has passed with no connection from it.
+    pub timeout: Duration,
+    /// Clients in one network of this prefix length share an entry (Layer 4).
+    pub netmask: Option<u8>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Endpoint {
+    pub address: IpAddr,
+    pub port: Option<u16>,
+}
+
+impl Endpoint {
+    /// The socket address to use for a client that connected to `service_port`.
+    pub fn socket_addr(&self, service_port: u16) -> SocketAddr {
+        SocketAddr::new(self.address, self.port.unwrap_or(service_port))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RealServer {
+    pub label: String,
+    pub address: IpAddr,
+    /// `None`: the port the client connected to.
+    pub port: Option<u16>,
+    pub weight: u32,
+    /// 0 = unlimited.
+    pub max_connections: u32,
+    /// IPVS lower threshold (Layer 4); 0 = none.
+    pub min_connections: u32,
+}
+
+impl RealServer {
+    pub fn endpoint(&self) -> Endpoint {
+        Endpoint {
+            address: self.address,
+            port: self.port,
+        }
+    }
+}
+
+/// How and how often the real servers of a service are checked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Check {
+    pub probe: Probe,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a down server up.
+    pub rise: u32,
+    /// Consecutive failures that take an up server down.
+    pub fall: u32,
+    /// Port to probe instead of the real server's own.
+    pub port: Option<u16>,
+}
+
+impl Default for Check {
+    fn default() -> Self {
+        Check {
+            probe: Probe::Tcp,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 2,
+            port: None,
+        }
+    }
+}
+
+/// What a health check does.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum Probe {
+    /// No check: the server is always up.
+    None,
+    /// A TCP connection is accepted.
+    Tcp,
+    /// ICMP echo.
+    Ping,
+    /// DICOM association for the Verification SOP class and a C-ECHO with status 0x0000.
+    DicomEcho {
+        calling_ae: String,
+        called_ae: String,
+    },
+    /// An HL7 message over MLLP, answered by an ACK with MSA-1 AA or CA.
+    /// `None` uses the built-in NMD probe message.
+    Hl7 { message: Option<String> },
+    /// HTTP(S) GET of `path`, expecting `expect_status`.
+    Http {
+        path: String,
+        expect_status: u16,
+        tls: bool,
+        host: Option<String>,
+    },
+    /// `script VIP VPORT RIP RPORT`, exit status 0 = up.
+    Script { path: PathBuf },
+}
+
+impl Probe {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Probe::None => "none",
+            Probe::Tcp => "tcp",
+            Probe::Ping => "ping",
+            Probe::DicomEcho { .. } => "dicom-echo",
+            Probe::Hl7 { .. } => "hl7",
+            Probe::Http { .. } => "http",
+            Probe::Script { .. } => "script",
+        }
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {}: {reason}", path.display())]
+    Read { path: PathBuf, reason: String },
+    /// The text is not TOML of the expected shape; the message carries line and column.
+    #[error("{}{message}", origin(.path))]
+    Syntax {
+        path: Option<PathBuf>,
+        message: String,
+    },
+    /// The TOML is well formed but a value is not acceptable.
+    #[error("{}{}{context}{field}: {problem}", origin(.path), location(*.line, *.column))]
+    Invalid {
+        path: Option<PathBuf>,
+        line: Option<usize>,
+        column: Option<usize>,
+        /// `service "PACS": real_server "DS1": ` and the like.
+        context: String,
+        field: String,
+        problem: String,
+    },
+}
+
+fn origin(path: &Option<PathBuf>) -> String {
+    match path {
+        Some(p) => format!("{}: ", p.display()),
+        None => String::new(),
+    }
+}
+
+fn location(line: Option<usize>, column: Option<usize>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!("line {l}, column {c}: "),
+        (Some(l), None) => format!("line {l}: "),
+        _ => String::new(),
+    }
+}
+
+impl ConfigError {
+    fn with_path(self, p: &Path) -> Self {
+        match self {
+            ConfigError::Syntax { message, .. } => ConfigError::Syntax {
+                path: Some(p.to_path_buf()),
+                message,
+            },
+            ConfigError::Invalid {
+                line,
+                column,
+                context,
+                field,
+                problem,
+                ..
+            } => ConfigError::Invalid {
+                path: Some(p.to_path_buf()),
+                line,
+                column,
+                context,
+                field,
+                problem,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Reads and validates the configuration file at `path`.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    parse(&text).map_err(|e| e.with_path(path))
+}
+
+/// Validates configuration text.
+pub fn parse(text: &str) -> Result<Config, ConfigError> {
+    file::parse(text)
+}
+
+impl Config {
+    pub fn service(&self, label: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.label == label)
+    }
+}
+
+impl Service {
+    pub fn proxy(&self) -> Option<&ProxySettings> {
+        match &self.layer {
+            Layer::Seven(p) => Some(p),
+            Layer::Four { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
