@@ -300,7 +300,7 @@ async fn send(
 }
 
 /// Reads one whole PDU within the deadline.
-pub(super) async fn receive(
+async fn receive(
     stream: &mut TcpStream,
     deadline: &Deadline,
     stage: &'static str,
@@ -338,7 +338,7 @@ mod tests {
 
     use super::*;
     use crate::config::Probe;
-    use crate::health::testutil::{TempDir, closed_port, free_port, local, wait_listening};
+    use crate::health::testutil::{SLACK, TempDir, closed_port, free_port, local, wait_listening};
 
     const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -456,7 +456,7 @@ mod tests {
             "timed out after 700ms while waiting for A-ASSOCIATE-AC"
         );
         assert!(
-            elapsed >= timeout && elapsed < timeout + Duration::from_millis(300),
+            elapsed >= timeout && elapsed < timeout + SLACK,
             "took {elapsed:?}"
         );
     }
@@ -623,7 +623,7 @@ mod tests {
             result.unwrap_err().to_string(),
             "timed out after 600ms while waiting for A-RELEASE-RP"
         );
-        assert!(start.elapsed() < timeout + Duration::from_millis(300));
+        assert!(start.elapsed() < timeout + SLACK);
         assert_eq!(
             scp.await.unwrap(),
             ["A-ASSOCIATE-RQ", "P-DATA-TF", "A-RELEASE-RQ", "A-ABORT"]

@@ -235,7 +235,7 @@ mod tests {
 
     use super::*;
     use crate::config::Probe;
-    use crate::health::testutil::{closed_port, local};
+    use crate::health::testutil::{SLACK, closed_port, local};
 
     const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -333,7 +333,7 @@ mod tests {
             result.unwrap_err().to_string(),
             "timed out after 500ms while waiting for the HL7 ACK"
         );
-        assert!(start.elapsed() < Duration::from_millis(800));
+        assert!(start.elapsed() < Duration::from_millis(500) + SLACK);
     }
 
     #[tokio::test]

@@ -471,7 +471,7 @@ mod tests {
                     "timed out after 400ms while waiting for the ICMP echo reply"
                 );
                 assert!(
-                    elapsed >= timeout && elapsed < timeout + Duration::from_millis(300),
+                    elapsed >= timeout && elapsed < timeout + crate::health::testutil::SLACK,
                     "{elapsed:?}"
                 );
             });

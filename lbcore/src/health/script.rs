@@ -196,7 +196,7 @@ mod tests {
 
     use super::*;
     use crate::config::Probe;
-    use crate::health::testutil::TempDir;
+    use crate::health::testutil::{SLACK, TempDir};
 
     fn target() -> Target {
         Target {
@@ -291,10 +291,7 @@ mod tests {
         let result = run(&script, timeout).await;
         let elapsed = start.elapsed();
         assert_eq!(result.unwrap_err().to_string(), "script killed after 800ms");
-        assert!(
-            elapsed < timeout + Duration::from_millis(400),
-            "took {elapsed:?}"
-        );
+        assert!(elapsed < timeout + SLACK, "took {elapsed:?}");
         let text = std::fs::read_to_string(&pids).unwrap();
         let ids: Vec<i32> = text
             .split_whitespace()

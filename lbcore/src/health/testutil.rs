@@ -8,6 +8,10 @@ use std::time::Duration;
 
 use super::Target;
 
+/// How much later than its timeout a probe may return in the tests: scheduling on a busy
+/// 2-core CI machine, plus the A-ABORT grace of the DICOM probe.
+pub const SLACK: Duration = Duration::from_millis(500);
+
 /// A loopback port that was free a moment ago: the kernel picked it for a listener that is
 /// closed again before this returns, so connecting to it is refused until someone binds it.
 pub fn free_port() -> u16 {
