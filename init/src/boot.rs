@@ -139,7 +139,9 @@ async fn run(opts: Options) {
 
     let setup_done = b.layout.network_config().exists();
     let net_cfg = load_network(&b.layout);
-    if let Some(h) = net_cfg.as_ref().and_then(|c| c.hostname.clone()) {
+    if b.opts.network
+        && let Some(h) = net_cfg.as_ref().and_then(|c| c.hostname.clone())
+    {
         set_hostname(&h);
     }
 
@@ -210,46 +212,6 @@ async fn run(opts: Options) {
     let mut late_announced = false;
     let mut shutting: Option<Action> = None;
     loop {
-        let wake = sup
-            .next_wakeup()
-            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
-        let wake = tokio::time::Instant::from_std(wake);
-        tokio::select! {
-            Some((pid, exit)) = child_rx.recv() => sup.on_exit(pid, exit, Instant::now()),
-            Some(r) = ready_rx.recv() => sup.on_ready_line(r),
-            Some(call) = ctl_rx.recv() => {
-                let now = Instant::now();
-                let (answer, action) = match call.request {
-                    Request::List => (json!({"ok": true, "ready": running && sup.all_ready(), "services": sup.list()}), None),
-                    Request::Restart(n) => (result(sup.restart(&n, now)), None),
-                    Request::Stop(n) => (result(sup.stop(&n, now)), None),
-                    Request::Start(n) => (result(sup.start(&n)), None),
-                    Request::Reboot => (json!({"ok": true}), Some(Action::Reboot)),
-                    Request::PowerOff => (json!({"ok": true}), Some(Action::PowerOff)),
-                };
-                let _ = call.reply.send(answer);
-                if let Some(a) = action { begin_shutdown(&mut shutting, &mut sup, a); }
-            }
-            Some(ev) = ui_rx.recv() => match ev {
-                UiEvent::SetupDone => {
-                    if let Some(h) = load_network(&b.layout).and_then(|c| c.hostname) { set_hostname(&h); }
-                    if !running && shutting.is_none() {
-                        sup = bring_up(&mut b, &mut net, ready_tx.clone()).await;
-                        running = true;
-                    }
-                }
-                UiEvent::NetworkChanged => {
-                    if let Some(cfg) = load_network(&b.layout) {
-                        if let Some(h) = &cfg.hostname { set_hostname(h); }
-                        if b.opts.network { apply_network(&mut net, &cfg).await; }
-                    }
-                }
-                UiEvent::Reboot => begin_shutdown(&mut shutting, &mut sup, Action::Reboot),
-                UiEvent::PowerOff => begin_shutdown(&mut shutting, &mut sup, Action::PowerOff),
-            },
-            a = signals.next() => begin_shutdown(&mut shutting, &mut sup, a),
-            _ = tokio::time::sleep_until(wake) => {}
-        }
         sup.tick(Instant::now());
 
         {
@@ -283,6 +245,46 @@ async fn run(opts: Options) {
             shared.broadcast(&format!("System is going down: {}.", action.as_str()));
             shutdown::finish(action, b.data_mount.take(), b.opts.exit_on_shutdown);
             return;
+        }
+        let wake = sup
+            .next_wakeup()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        let wake = tokio::time::Instant::from_std(wake);
+        tokio::select! {
+            Some((pid, exit)) = child_rx.recv() => sup.on_exit(pid, exit, Instant::now()),
+            Some(r) = ready_rx.recv() => sup.on_ready_line(r),
+            Some(call) = ctl_rx.recv() => {
+                let now = Instant::now();
+                let (answer, action) = match call.request {
+                    Request::List => (json!({"ok": true, "ready": running && sup.all_ready(), "services": sup.list()}), None),
+                    Request::Restart(n) => (result(sup.restart(&n, now)), None),
+                    Request::Stop(n) => (result(sup.stop(&n, now)), None),
+                    Request::Start(n) => (result(sup.start(&n)), None),
+                    Request::Reboot => (json!({"ok": true}), Some(Action::Reboot)),
+                    Request::PowerOff => (json!({"ok": true}), Some(Action::PowerOff)),
+                };
+                let _ = call.reply.send(answer);
+                if let Some(a) = action { begin_shutdown(&mut shutting, &mut sup, a); }
+            }
+            Some(ev) = ui_rx.recv() => match ev {
+                UiEvent::SetupDone => {
+                    if b.opts.network && let Some(h) = load_network(&b.layout).and_then(|c| c.hostname) { set_hostname(&h); }
+                    if !running && shutting.is_none() {
+                        sup = bring_up(&mut b, &mut net, ready_tx.clone()).await;
+                        running = true;
+                    }
+                }
+                UiEvent::NetworkChanged => {
+                    if b.opts.network && let Some(cfg) = load_network(&b.layout) {
+                        if let Some(h) = &cfg.hostname { set_hostname(h); }
+                        apply_network(&mut net, &cfg).await;
+                    }
+                }
+                UiEvent::Reboot => begin_shutdown(&mut shutting, &mut sup, Action::Reboot),
+                UiEvent::PowerOff => begin_shutdown(&mut shutting, &mut sup, Action::PowerOff),
+            },
+            a = signals.next() => begin_shutdown(&mut shutting, &mut sup, a),
+            _ = tokio::time::sleep_until(wake) => {}
         }
     }
 }
