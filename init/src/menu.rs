@@ -1,0 +1,324 @@
+//! What each console shows: the first-boot wizard while the appliance is not set up
+//! (the first console to finish wins, the others are told), then the status screen
+//! and the menu (service status, network setup again, admin password, reboot, shut
+//! down). Never a shell. One thread per console; actions go to the main loop.
+
+use crate::console::{Console, ReadError};
+use crate::layout::{Layout, WEB_UI_PORT};
+use crate::network::config::NetworkConfig;
+use crate::supervisor::ServiceInfo;
+use crate::wizard::{self, Io};
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::mpsc::UnboundedSender;
+
+pub const PROMPT_CHOICE: &str = "Choice (1-5): ";
+pub const MENU: &str = "  1) show service status\n  2) re-run network setup\n  3) reset admin password\n  4) reboot\n  5) shut down";
+pub const OTHER_CONSOLE: &str = "Setup was completed on another console.";
+
+/// What a console asks the main loop to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UiEvent {
+    /// The first-boot wizard wrote the settings.
+    SetupDone,
+    /// The network settings were changed from the menu.
+    NetworkChanged,
+    Reboot,
+    PowerOff,
+}
+
+/// What the main loop tells the consoles.
+#[derive(Debug, Default, Clone)]
+pub struct Status {
+    pub services: Vec<ServiceInfo>,
+    pub ready: bool,
+    pub problems: Vec<String>,
+}
+
+/// State shared by the console threads and the main loop.
+pub struct Shared {
+    pub layout: Layout,
+    pub root: PathBuf,
+    pub sys: PathBuf,
+    pub version: String,
+    pub setup_done: AtomicBool,
+    pub wizard_done: Arc<AtomicBool>,
+    pub claim: Mutex<()>,
+    pub status: Mutex<Status>,
+    pub outputs: Mutex<HashMap<String, OwnedFd>>,
+    pub events: UnboundedSender<UiEvent>,
+}
+
+impl Shared {
+    /// Print a line on every open console.
+    pub fn broadcast(&self, line: &str) {
+        let outs = self.outputs.lock().unwrap_or_else(|e| e.into_inner());
+        for fd in outs.values() {
+            let _ = nix::unistd::write(fd, format!("\n{line}\n").as_bytes());
+        }
+    }
+
+    fn status(&self) -> Status {
+        self.status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+}
+
+/// Start one thread per console.
+pub fn start(consoles: Vec<String>, shared: Arc<Shared>) {
+    for path in consoles {
+        let shared = shared.clone();
+        let name = format!("console-{}", path.rsplit('/').next().unwrap_or("x"));
+        let r = std::thread::Builder::new()
+            .name(name)
+            .spawn(move || console_loop(&path, &shared));
+        if let Err(e) = r {
+            crate::info!("cannot start the console thread: {e}");
+        }
+    }
+}
+
+fn console_loop(path: &str, shared: &Shared) {
+    let never = Arc::new(AtomicBool::new(false));
+    let mut logged = false;
+    loop {
+        let opened = if path == "-" {
+            Console::stdio(never.clone())
+        } else {
+            Console::open(Path::new(path), never.clone())
+        };
+        let mut con = match opened {
+            Ok(c) => c,
+            Err(e) => {
+                if !logged {
+                    crate::info!("console {path}: {e}; retrying");
+                    logged = true;
+                }
+                std::thread::sleep(Duration::from_secs(5));
+                continue;
+            }
+        };
+        if let Some(fd) = con.output_fd() {
+            let mut outs = shared.outputs.lock().unwrap_or_else(|e| e.into_inner());
+            outs.insert(path.to_string(), fd);
+        }
+        let result = (|| {
+            if !shared.setup_done.load(Ordering::SeqCst) {
+                first_boot(&mut con, shared)?;
+                con.set_cancel(never.clone());
+            }
+            menu(&mut con, shared)
+        })();
+        if let Err(e) = result {
+            crate::info!("console {path}: {e}; reopening");
+        }
+        shared
+            .outputs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(path);
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+fn first_boot(con: &mut Console, shared: &Shared) -> Result<(), ReadError> {
+    con.set_cancel(shared.wizard_done.clone());
+    let ifname = wizard::default_interface(&shared.sys);
+    loop {
+        let (net, password) = match wizard::first_boot(con, &ifname) {
+            Ok(answers) => answers,
+            Err(ReadError::Cancelled) => {
+                con.say("");
+                con.say(OTHER_CONSOLE);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        let _claim = shared.claim.lock().unwrap_or_else(|e| e.into_inner());
+        if shared.wizard_done.load(Ordering::SeqCst) {
+            con.say(OTHER_CONSOLE);
+            return Ok(());
+        }
+        match wizard::save_first_boot(&shared.layout, &net, &password) {
+            Ok(()) => {
+                shared.wizard_done.store(true, Ordering::SeqCst);
+                shared.setup_done.store(true, Ordering::SeqCst);
+                con.say(wizard::SAVED);
+                crate::info!("first-boot setup saved on {}", con.name());
+                let _ = shared.events.send(UiEvent::SetupDone);
+                return Ok(());
+            }
+            Err(e) => {
+                crate::info!("first-boot setup: {e}");
+                con.say(&format!("error: could not save the settings: {e}"));
+            }
+        }
+    }
+}
+
+/// IPv4 addresses of the interfaces other than loopback.
+fn addresses() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    if let Ok(addrs) = nix::ifaddrs::getifaddrs() {
+        for a in addrs {
+            if a.interface_name == "lo" {
+                continue;
+            }
+            let (Some(addr), Some(mask)) = (a.address, a.netmask) else {
+                continue;
+            };
+            if let (Some(ip), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
+                let prefix = u32::from(m.ip()).leading_ones();
+                out.push((a.interface_name.clone(), format!("{}/{prefix}", ip.ip())));
+            }
+        }
+    }
+    out
+}
+
+/// The status screen.
+pub fn status_screen(shared: &Shared) -> String {
+    let st = shared.status();
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut s = format!("\n=== Medical load balancer {} ===\n", shared.version);
+    s += &format!("  hostname: {host}\n");
+    let addrs = addresses();
+    if addrs.is_empty() {
+        s += "  address:  none\n";
+    }
+    for (ifc, a) in &addrs {
+        s += &format!("  address:  {ifc} {a}\n");
+    }
+    if let Some((_, a)) = addrs.first() {
+        let ip = a.split('/').next().unwrap_or(a);
+        s += &format!("  web UI:   https://{ip}:{WEB_UI_PORT}/\n");
+    }
+    let ready = st
+        .services
+        .iter()
+        .filter(|s| s.state.as_str() == "ready")
+        .count();
+    s += &format!(
+        "  services: {ready} of {} ready{}\n",
+        st.services.len(),
+        if st.ready { "" } else { " (starting)" }
+    );
+    for p in &st.problems {
+        s += &format!("  problem:  {p}\n");
+    }
+    s
+}
+
+/// The service status lines (and lbcore's own status when `lbctl` is there).
+pub fn service_status(shared: &Shared) -> String {
+    let st = shared.status();
+    let mut s = String::from("Services:\n");
+    for i in &st.services {
+        let pid = i.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into());
+        s += &format!(
+            "  {:<14} {:<9} pid {pid:<7} restarts {}\n",
+            i.name,
+            i.state.as_str(),
+            i.restarts
+        );
+    }
+    let lbctl = shared.root.join("usr/bin/lbctl");
+    if lbctl.exists() {
+        let mut cmd = std::process::Command::new(&lbctl);
+        cmd.arg("status");
+        match crate::reaper::run_blocking(&mut cmd, Duration::from_secs(5)) {
+            Ok(out) => {
+                s += &format!("lbctl status ({}):\n", out.exit);
+                for l in out.stdout.lines().chain(out.stderr.lines()) {
+                    s += &format!("  {l}\n");
+                }
+            }
+            Err(e) => s += &format!("lbctl status: {e}\n"),
+        }
+    }
+    s
+}
+
+fn menu(con: &mut Console, shared: &Shared) -> Result<(), ReadError> {
+    loop {
+        con.say(&status_screen(shared));
+        con.say(MENU);
+        let choice = con.ask(PROMPT_CHOICE, false)?;
+        match choice.as_str() {
+            "" => {}
+            "1" => con.say(&service_status(shared)),
+            "2" => {
+                let ifname = current_interface(&shared.layout)
+                    .unwrap_or_else(|| wizard::default_interface(&shared.sys));
+                if let Some(net) = wizard::network_again(con, &ifname)? {
+                    let merged = merge(&shared.layout, net);
+                    match wizard::save_network(&shared.layout, &merged) {
+                        Ok(()) => {
+                            con.say("Network settings saved; applying.");
+                            let _ = shared.events.send(UiEvent::NetworkChanged);
+                        }
+                        Err(e) => con.say(&format!("error: {e}")),
+                    }
+                } else {
+                    con.say("Nothing was changed.");
+                }
+            }
+            "3" => {
+                let p = wizard::ask_password(con)?;
+                match crate::admin::save(&shared.layout.admin_config(), &p) {
+                    Ok(()) => con.say("Admin password changed."),
+                    Err(e) => con.say(&format!("error: {e}")),
+                }
+            }
+            "4" => {
+                if wizard::ask_confirm(con, "Reboot now? (yes/no): ")? {
+                    con.say("Rebooting...");
+                    let _ = shared.events.send(UiEvent::Reboot);
+                }
+            }
+            "5" => {
+                if wizard::ask_confirm(con, "Shut down now? (yes/no): ")? {
+                    con.say("Shutting down...");
+                    let _ = shared.events.send(UiEvent::PowerOff);
+                }
+            }
+            _ => con.say("error: choose 1 to 5"),
+        }
+    }
+}
+
+fn current_interface(layout: &Layout) -> Option<String> {
+    NetworkConfig::load(&layout.network_config())
+        .ok()?
+        .interfaces
+        .first()
+        .map(|i| i.name.clone())
+}
+
+/// Replace the management interface, hostname and DNS in the current settings.
+fn merge(layout: &Layout, new: NetworkConfig) -> NetworkConfig {
+    let Ok(mut cur) = NetworkConfig::load(&layout.network_config()) else {
+        return new;
+    };
+    cur.hostname = new.hostname;
+    cur.dns = new.dns;
+    for ifc in new.interfaces {
+        match cur.interfaces.iter_mut().find(|i| i.name == ifc.name) {
+            Some(old) => {
+                old.dhcp = ifc.dhcp;
+                old.addresses = ifc.addresses;
+                old.gateway = ifc.gateway;
+            }
+            None => cur.interfaces.insert(0, ifc),
+        }
+    }
+    cur
+}

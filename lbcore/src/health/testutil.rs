@@ -1,0 +1,73 @@
+//! Helpers for the probe tests: free loopback ports, waiting for a spawned peer to listen,
+//! and scratch directories that clean up after themselves.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use super::Target;
+
+/// How much later than its timeout a probe may return in the tests: scheduling on a busy
+/// 2-core CI machine, plus the A-ABORT grace of the DICOM probe.
+pub const SLACK: Duration = Duration::from_millis(500);
+
+/// A loopback port that was free a moment ago: the kernel picked it for a listener that is
+/// closed again before this returns, so connecting to it is refused until someone binds it.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A port where nothing listens.
+pub fn closed_port() -> u16 {
+    free_port()
+}
+
+/// A target whose service and server are both 127.0.0.1:`port`.
+pub fn local(port: u16) -> Target {
+    let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
+    Target {
+        service: addr,
+        server: addr,
+    }
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub async fn wait_listening(port: u16) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect((Ipv4Addr::LOCALHOST, port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("nothing listens on 127.0.0.1:{port} after 5 s");
+}
+
+/// A scratch directory, removed with everything in it when dropped.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new(name: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("lbcore-health-{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).unwrap();
+        TempDir(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
