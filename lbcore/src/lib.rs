@@ -2,5 +2,15 @@
 //!
 //! - [`config`]: the one configuration model (TOML on /data) and its validation.
 //! - [`health`]: health-check probes (TCP, ping, DICOM C-ECHO, HL7/MLLP, HTTP, script).
+pub mod addresses;
+pub mod admin_state;
 pub mod config;
+pub mod control;
+pub mod daemon;
 pub mod health;
+pub mod monitor;
+pub mod persistence;
+pub mod proxy;
+pub mod scheduler;
+pub mod server;
+pub mod service;

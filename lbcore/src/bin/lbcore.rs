@@ -1,1 +1,100 @@
-fn main() {}
+//! `lbcore`: the load-balancing daemon. Runs in the foreground and logs to stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use lbcore::daemon::{self, Options};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Load-balancing core: Layer 7 TCP proxy and health checks for DICOM and HL7 services"
+)]
+struct Args {
+    /// The configuration file (TOML).
+    #[arg(long, short)]
+    config: PathBuf,
+    /// The control socket that lbctl talks to.
+    #[arg(long, default_value = daemon::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Where the operator's Drain/Halt settings are kept [default: lbcore-state.json beside the configuration].
+    #[arg(long)]
+    state: Option<PathBuf>,
+    /// Leave the interfaces' addresses alone (service addresses are configured elsewhere).
+    #[arg(long)]
+    no_manage_addresses: bool,
+    /// Only check the configuration file, print what is wrong, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LBCORE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr)
+        .init();
+
+    if args.check {
+        return match lbcore::config::load(&args.config) {
+            Ok(c) => {
+                println!(
+                    "{}: valid, {} service(s)",
+                    args.config.display(),
+                    c.services.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("lbcore: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
+
+    raise_file_limit();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lbcore: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let state = args
+        .state
+        .unwrap_or_else(|| daemon::default_state_path(&args.config));
+    let options = Options {
+        config: args.config,
+        socket: args.socket,
+        state,
+        manage_addresses: !args.no_manage_addresses,
+    };
+    match runtime.block_on(daemon::run(options)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("lbcore: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Every proxied connection holds two sockets and two pipes: lift the soft limit on
+/// open files to the hard limit.
+fn raise_file_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+            tracing::warn!("cannot raise the open-file limit to {hard}: {e}");
+        }
+    }
+}

@@ -1,1 +1,179 @@
-fn main() {}
+//! `lbctl`: talks to a running lbcore over its control socket.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use lbcore::control::{self, Request, Response, Status};
+use lbcore::server::AdminState;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Control the load-balancing core: status, drain/halt/online, reload"
+)]
+struct Args {
+    /// lbcore's control socket.
+    #[arg(long, global = true, default_value = control::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Virtual services and real servers with their state and connections.
+    Status {
+        /// Print JSON for machines instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// No new connections to the server; established ones stay.
+    Drain { service: String, server: String },
+    /// No new connections to the server, and close its established ones now.
+    Halt { service: String, server: String },
+    /// Back into rotation after drain or halt.
+    Online { service: String, server: String },
+    /// Read the configuration file again (an invalid one is refused; the running one stays).
+    Reload,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let (request, json) = match args.command {
+        Command::Status { json } => (Request::Status, json),
+        Command::Drain { service, server } => (set(service, server, AdminState::Drain), false),
+        Command::Halt { service, server } => (set(service, server, AdminState::Halt), false),
+        Command::Online { service, server } => (set(service, server, AdminState::Online), false),
+        Command::Reload => (Request::Reload, false),
+    };
+    let response = match control::call(&args.socket, &request) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("lbctl: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    print_response(&response, json)
+}
+
+fn set(service: String, server: String, state: AdminState) -> Request {
+    Request::SetState {
+        service,
+        server,
+        state,
+    }
+}
+
+fn print_response(response: &Response, json: bool) -> ExitCode {
+    if !response.ok {
+        eprintln!(
+            "lbctl: {}",
+            response.error.as_deref().unwrap_or("request failed")
+        );
+        return ExitCode::FAILURE;
+    }
+    if let Some(status) = &response.status {
+        if json {
+            match serde_json::to_string_pretty(status) {
+                Ok(text) => println!("{text}"),
+                Err(e) => {
+                    eprintln!("lbctl: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            print!("{}", table(status));
+        }
+    }
+    if let Some(message) = &response.message {
+        println!("{message}");
+    }
+    ExitCode::SUCCESS
+}
+
+/// The System Overview as text: one block per service, one line per real server.
+fn table(status: &Status) -> String {
+    let mut rows: Vec<[String; 6]> = vec![[
+        "SERVICE / SERVER".into(),
+        "ADDRESS".into(),
+        "PORTS".into(),
+        "STATE".into(),
+        "CONNS".into(),
+        "TOTAL".into(),
+    ]];
+    let mut notes = Vec::new();
+    for s in &status.services {
+        let ports: Vec<String> = s.ports.iter().map(u16::to_string).collect();
+        let up = s
+            .real_servers
+            .iter()
+            .filter(|r| r.health != lbcore::server::Health::Down)
+            .count();
+        rows.push([
+            format!(
+                "{} (L{} {})",
+                s.label,
+                s.layer,
+                s.forwarding.as_deref().unwrap_or(&s.scheduler)
+            ),
+            s.address.to_string(),
+            ports.join(","),
+            format!("{up}/{} up", s.real_servers.len()),
+            s.connections.to_string(),
+            s.total_connections.to_string(),
+        ]);
+        for r in &s.real_servers {
+            let mut state = r.health.to_string();
+            if r.state != AdminState::Online {
+                state = format!("{state},{}", r.state);
+            }
+            rows.push([
+                format!("  {}", r.label),
+                r.address.to_string(),
+                r.port.map_or("-".into(), |p| p.to_string()),
+                state,
+                r.connections.to_string(),
+                r.total_connections.to_string(),
+            ]);
+            if let Some(why) = &r.last_failure {
+                notes.push(format!("{}/{}: {why}", s.label, r.label));
+            }
+        }
+        if let Some(f) = &s.fallback {
+            rows.push([
+                "  (fallback)".into(),
+                f.address.to_string(),
+                f.port.map_or("-".into(), |p| p.to_string()),
+                if f.in_use {
+                    "in use".into()
+                } else {
+                    "standby".into()
+                },
+                f.connections.to_string(),
+                f.total_connections.to_string(),
+            ]);
+        }
+        if let Some(n) = &s.note {
+            notes.push(format!("{}: {n}", s.label));
+        }
+    }
+    let widths: Vec<usize> = (0..6)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for r in &rows {
+        let cells: Vec<String> = r
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for n in notes {
+        out.push_str(&n);
+        out.push('\n');
+    }
+    out
+}

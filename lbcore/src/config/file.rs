@@ -13,8 +13,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Check, Config, ConfigError, Endpoint, Forwarding, Layer, Persistence, Probe, ProxySettings,
-    RealServer, Scheduler, Service, Span,
+    Check, Config, ConfigError, Endpoint, Forwarding, Invalid, Layer, Persistence, Probe,
+    ProxySettings, RealServer, Scheduler, Service, Span,
 };
 
 #[derive(Deserialize)]
@@ -241,14 +241,14 @@ struct At<'v> {
 impl At<'_> {
     fn err(&self, field: &str, problem: impl Into<String>) -> ConfigError {
         let (line, column) = line_col(self.v.text, self.span.start);
-        ConfigError::Invalid {
+        ConfigError::Invalid(Box::new(Invalid {
             path: None,
             line: Some(line),
             column: Some(column),
             context: self.context.clone(),
             field: field.to_string(),
             problem: problem.into(),
-        }
+        }))
     }
 
     fn nested(&self, span: Range<usize>, context: String) -> At<'_> {

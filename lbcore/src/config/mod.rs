@@ -249,16 +249,21 @@ pub enum ConfigError {
         message: String,
     },
     /// The TOML is well formed but a value is not acceptable.
-    #[error("{}{}{context}{field}: {problem}", origin(.path), location(*.line, *.column))]
-    Invalid {
-        path: Option<PathBuf>,
-        line: Option<usize>,
-        column: Option<usize>,
-        /// `service "PACS": real_server "DS1": ` and the like.
-        context: String,
-        field: String,
-        problem: String,
-    },
+    #[error("{0}")]
+    Invalid(Box<Invalid>),
+}
+
+/// A value that is not acceptable, and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}{context}{field}: {problem}", origin(.path), location(*.line, *.column))]
+pub struct Invalid {
+    pub path: Option<PathBuf>,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    /// `service 2 ("PACS"): real_server 1 ("DS1"): ` and the like.
+    pub context: String,
+    pub field: String,
+    pub problem: String,
 }
 
 fn origin(path: &Option<PathBuf>) -> String {
@@ -283,21 +288,10 @@ impl ConfigError {
                 path: Some(p.to_path_buf()),
                 message,
             },
-            ConfigError::Invalid {
-                line,
-                column,
-                context,
-                field,
-                problem,
-                ..
-            } => ConfigError::Invalid {
-                path: Some(p.to_path_buf()),
-                line,
-                column,
-                context,
-                field,
-                problem,
-            },
+            ConfigError::Invalid(mut detail) => {
+                detail.path = Some(p.to_path_buf());
+                ConfigError::Invalid(detail)
+            }
             other => other,
         }
     }

@@ -1,0 +1,151 @@
+//! The control socket: a Unix socket (default `/run/lbcore.sock`) carrying one JSON
+//! request per line and one JSON response per line. `lbctl`, the web UI and the tests
+//! all speak it; the types here are the whole protocol.
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::IpAddr;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::server::{AdminState, Health};
+
+pub const DEFAULT_SOCKET: &str = "/run/lbcore.sock";
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "command", rename_all = "kebab-case")]
+pub enum Request {
+    Status,
+    /// Drain, Halt or Online for one real server.
+    SetState {
+        service: String,
+        server: String,
+        state: AdminState,
+    },
+    /// Reads the configuration file again; an invalid one is refused and the running
+    /// configuration stays.
+    Reload,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<Status>,
+}
+
+impl Response {
+    pub fn ok(message: impl Into<String>) -> Response {
+        Response {
+            ok: true,
+            message: Some(message.into()),
+            ..Response::default()
+        }
+    }
+
+    pub fn error(error: impl Into<String>) -> Response {
+        Response {
+            ok: false,
+            error: Some(error.into()),
+            ..Response::default()
+        }
+    }
+}
+
+/// What the System Overview shows.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub version: String,
+    pub config: String,
+    pub services: Vec<ServiceStatus>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub label: String,
+    pub layer: u8,
+    pub address: IpAddr,
+    pub ports: Vec<u16>,
+    pub scheduler: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forwarding: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistence: Option<String>,
+    pub check: String,
+    /// Client connections open now.
+    pub connections: u32,
+    pub total_connections: u64,
+    pub refused: u64,
+    pub queued: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fallback: Option<FallbackStatus>,
+    pub real_servers: Vec<ServerStatus>,
+    /// Something the operator should know about this service.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FallbackStatus {
+    pub address: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    /// True while no real server is up, so new connections go here.
+    pub in_use: bool,
+    pub connections: u32,
+    pub total_connections: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub label: String,
+    pub address: IpAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<u16>,
+    pub weight: u32,
+    pub max_connections: u32,
+    pub health: Health,
+    pub state: AdminState,
+    pub connections: u32,
+    pub total_connections: u64,
+    /// Why the last check failed, while it keeps failing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// Seconds since the Unix epoch of the last health change.
+    pub since: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot connect to lbcore at {path}: {source} (is lbcore running?)")]
+    Connect {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("lost the connection to lbcore: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("lbcore sent an answer that is not understood: {0}")]
+    Protocol(#[from] serde_json::Error),
+}
+
+/// Sends one request and waits for its response (blocking; for the CLI and tests).
+pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
+    let mut stream = UnixStream::connect(socket).map_err(|source| ClientError::Connect {
+        path: socket.display().to_string(),
+        source,
+    })?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut line = serde_json::to_string(request)?;
+    line.push('\n');
+    stream.write_all(line.as_bytes())?;
+    let mut reader = BufReader::new(stream);
+    let mut answer = String::new();
+    reader.read_line(&mut answer)?;
+    Ok(serde_json::from_str(&answer)?)
+}

@@ -1,0 +1,499 @@
+//! The lbcore daemon: owns the running configuration and everything made from it
+//! (services, listeners, health monitors, service addresses), and changes it only as a
+//! whole: a new configuration is validated and its ports are bound before anything
+//! running is touched, so a refused reload leaves the old configuration serving.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use anyhow::Context;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use crate::addresses::ServiceAddresses;
+use crate::admin_state::AdminStates;
+use crate::config::{self, Config, Layer};
+use crate::control::{
+    self, FallbackStatus, Request, Response, ServerStatus, ServiceStatus, Status,
+};
+use crate::monitor::{self, MonitorSpec};
+use crate::proxy;
+use crate::server::{AdminState, Health, Server};
+use crate::service::ServiceRuntime;
+
+pub struct Options {
+    pub config: PathBuf,
+    pub socket: PathBuf,
+    pub state: PathBuf,
+    /// Add and remove service addresses on the interfaces (off for tests that use
+    /// loopback, or where the network configuration owns them).
+    pub manage_addresses: bool,
+}
+
+struct Entry {
+    runtime: Arc<ServiceRuntime>,
+    listeners: HashMap<SocketAddr, JoinHandle<()>>,
+    /// By real server label.
+    monitors: HashMap<String, Monitor>,
+}
+
+struct Monitor {
+    spec: MonitorSpec,
+    server: Arc<Server>,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Entry {
+    fn drop(&mut self) {
+        for l in self.listeners.values() {
+            l.abort();
+        }
+        for m in self.monitors.values() {
+            m.task.abort();
+        }
+    }
+}
+
+struct Daemon {
+    opts: Options,
+    config: Config,
+    services: BTreeMap<String, Entry>,
+    addresses: Option<ServiceAddresses>,
+    admin: AdminStates,
+}
+
+type Command = (Request, oneshot::Sender<Response>);
+
+/// Runs lbcore until SIGTERM or SIGINT. Fails at start when the configuration is
+/// invalid or a service port cannot be bound.
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let config = config::load(&opts.config)?;
+    let addresses = if opts.manage_addresses {
+        match ServiceAddresses::new() {
+            Ok(a) => Some(a),
+            Err(e) => {
+                warn!("cannot open netlink ({e}): service addresses will not be managed");
+                None
+            }
+        }
+    } else {
+        None
+    };
+    let admin = AdminStates::load(&opts.state);
+    let mut daemon = Daemon {
+        opts,
+        config: Config {
+            services: Vec::new(),
+        },
+        services: BTreeMap::new(),
+        addresses,
+        admin,
+    };
+    let summary = daemon.apply(config).await.map_err(anyhow::Error::msg)?;
+    info!("{summary}");
+
+    let (tx, mut rx) = mpsc::channel::<Command>(32);
+    let socket = bind_control(&daemon.opts.socket)?;
+    let socket_path = daemon.opts.socket.clone();
+    tokio::spawn(control_server(socket, tx));
+    info!(socket = %socket_path.display(), "lbcore ready");
+
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    loop {
+        tokio::select! {
+            Some((request, reply)) = rx.recv() => {
+                let response = daemon.handle(request).await;
+                let _ = reply.send(response);
+            }
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading the configuration");
+                let _ = daemon.reload().await; // logged inside
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    info!("stopping");
+    daemon.services.clear();
+    if let Some(a) = daemon.addresses.as_mut() {
+        a.release_all().await;
+    }
+    let _ = std::fs::remove_file(&socket_path);
+    Ok(())
+}
+
+impl Daemon {
+    async fn handle(&mut self, request: Request) -> Response {
+        match request {
+            Request::Status => Response {
+                ok: true,
+                status: Some(self.status()),
+                ..Response::default()
+            },
+            Request::Reload => match self.reload().await {
+                Ok(summary) => Response::ok(summary),
+                Err(e) => Response::error(e),
+            },
+            Request::SetState {
+                service,
+                server,
+                state,
+            } => match self.set_state(&service, &server, state) {
+                Ok(m) => Response::ok(m),
+                Err(e) => Response::error(e),
+            },
+        }
+    }
+
+    async fn reload(&mut self) -> Result<String, String> {
+        let result = match config::load(&self.opts.config) {
+            Ok(new) => self.apply(new).await,
+            Err(e) => Err(e.to_string()),
+        };
+        match &result {
+            Ok(summary) => info!("reloaded: {summary}"),
+            Err(e) => error!("configuration refused, the running one stays: {e}"),
+        }
+        result
+    }
+
+    /// Makes `new` the running configuration, or changes nothing and says why not.
+    async fn apply(&mut self, new: Config) -> Result<String, String> {
+        // Phase 1: everything that can fail. Ports are bound here, before any change.
+        let mut bound: HashMap<(String, SocketAddr), proxy::Listener> = HashMap::new();
+        for svc in new
+            .services
+            .iter()
+            .filter(|s| matches!(s.layer, Layer::Seven(_)))
+        {
+            for &port in &svc.ports {
+                let addr = SocketAddr::new(svc.address, port);
+                let running = self
+                    .services
+                    .get(&svc.label)
+                    .is_some_and(|e| e.listeners.contains_key(&addr));
+                if !running {
+                    let listener = proxy::bind(addr).map_err(|e| {
+                        format!("service \"{}\": cannot listen on {addr}: {e}", svc.label)
+                    })?;
+                    bound.insert((svc.label.clone(), addr), listener);
+                }
+            }
+        }
+
+        // Phase 2: commit. Nothing below can refuse the configuration.
+        let wanted: BTreeSet<&str> = new.services.iter().map(|s| s.label.as_str()).collect();
+        self.services.retain(|label, _| {
+            let keep = wanted.contains(label.as_str());
+            if !keep {
+                info!(service = %label, "service removed; its established connections continue");
+            }
+            keep
+        });
+        for svc in &new.services {
+            let servers = self.servers_for(svc);
+            let entry = match self.services.get_mut(&svc.label) {
+                Some(e) => {
+                    e.runtime.update(svc, servers);
+                    e
+                }
+                None => {
+                    info!(service = %svc.label, address = %svc.address, ports = ?svc.ports, layer = svc.layer.number(), "service added");
+                    self.services.entry(svc.label.clone()).or_insert(Entry {
+                        runtime: ServiceRuntime::new(svc, servers),
+                        listeners: HashMap::new(),
+                        monitors: HashMap::new(),
+                    })
+                }
+            };
+            let ports: BTreeSet<SocketAddr> = match svc.layer {
+                Layer::Seven(_) => svc
+                    .ports
+                    .iter()
+                    .map(|&p| SocketAddr::new(svc.address, p))
+                    .collect(),
+                Layer::Four { .. } => BTreeSet::new(),
+            };
+            entry.listeners.retain(|addr, task| {
+                let keep = ports.contains(addr);
+                if !keep {
+                    task.abort();
+                }
+                keep
+            });
+            for addr in ports {
+                if let Some(listener) = bound.remove(&(svc.label.clone(), addr)) {
+                    match listener.serve(entry.runtime.clone()) {
+                        Ok(task) => {
+                            entry.listeners.insert(addr, task);
+                        }
+                        Err(e) => {
+                            error!(service = %svc.label, %addr, "cannot start listening: {e}")
+                        }
+                    }
+                }
+            }
+            sync_monitors(entry, svc);
+        }
+        self.config = new;
+
+        if let Some(addresses) = self.addresses.as_mut() {
+            let wanted = self.config.services.iter().map(|s| s.address).collect();
+            addresses.sync(&wanted).await;
+        }
+        let l7 = self
+            .config
+            .services
+            .iter()
+            .filter(|s| s.layer.number() == 7)
+            .count();
+        Ok(format!(
+            "configuration {} loaded: {} service(s), {} at layer 7, {} at layer 4",
+            self.opts.config.display(),
+            self.config.services.len(),
+            l7,
+            self.config.services.len() - l7
+        ))
+    }
+
+    /// The servers of `svc`, reusing the live state of those that stay.
+    fn servers_for(&self, svc: &config::Service) -> Vec<Arc<Server>> {
+        let old = self.services.get(&svc.label).map(|e| e.runtime.servers());
+        svc.real_servers
+            .iter()
+            .map(|cfg| {
+                if let Some(s) = old.as_ref().and_then(|o| o.iter().find(|s| s.is_same(cfg))) {
+                    s.update(cfg);
+                    return s.clone();
+                }
+                let s = Arc::new(Server::new(cfg));
+                if let Some(state) = self.admin.get(&svc.label, &cfg.label) {
+                    s.set_admin(state);
+                    info!(service = %svc.label, server = %cfg.label, "server starts in state {state} (set by the operator earlier)");
+                }
+                s
+            })
+            .collect()
+    }
+
+    fn set_state(
+        &mut self,
+        service: &str,
+        server: &str,
+        state: AdminState,
+    ) -> Result<String, String> {
+        let entry = self
+            .services
+            .get(service)
+            .ok_or_else(|| format!("there is no service called `{service}`"))?;
+        let target = entry
+            .runtime
+            .server(server)
+            .ok_or_else(|| format!("service `{service}` has no real server called `{server}`"))?;
+        let before = target.set_admin(state);
+        let note = match state {
+            AdminState::Online => "takes new connections again",
+            AdminState::Drain => "takes no new connections; established ones stay",
+            AdminState::Halt => "takes no new connections; established ones were closed",
+        };
+        info!(
+            service,
+            server, "operator set the server to {state} (was {before}): {note}"
+        );
+        if let Err(e) = self.admin.set(service, server, state) {
+            warn!(
+                "cannot save the operator state to {}: {e}",
+                self.opts.state.display()
+            );
+            return Ok(format!(
+                "{service}/{server} is now {state}: {note} (warning: not saved, it will be lost at restart: {e})"
+            ));
+        }
+        Ok(format!("{service}/{server} is now {state}: {note}"))
+    }
+
+    fn status(&self) -> Status {
+        let services = self
+            .config
+            .services
+            .iter()
+            .filter_map(|svc| {
+                let entry = self.services.get(&svc.label)?;
+                let rt = &entry.runtime;
+                let c = rt.counters();
+                let servers = rt.servers();
+                let any_up = servers.iter().any(|s| s.takes_new_connections());
+                Some(ServiceStatus {
+                    label: svc.label.clone(),
+                    layer: svc.layer.number(),
+                    address: svc.address,
+                    ports: svc.ports.clone(),
+                    scheduler: svc.scheduler.name().to_string(),
+                    forwarding: match &svc.layer {
+                        Layer::Four { forwarding } => serde_json::to_value(forwarding)
+                            .ok()
+                            .and_then(|v| v.as_str().map(str::to_owned)),
+                        Layer::Seven(_) => None,
+                    },
+                    persistence: svc.persistence.as_ref().map(|p| config::duration::format(p.timeout)),
+                    check: svc.check.probe.kind().to_string(),
+                    connections: c.active,
+                    total_connections: c.total,
+                    refused: c.refused,
+                    queued: c.queued,
+                    fallback: svc.fallback.map(|f| FallbackStatus {
+                        address: f.address,
+                        port: f.port,
+                        in_use: !any_up,
+                        connections: c.fallback_active,
+                        total_connections: c.fallback_total,
+                    }),
+                    real_servers: servers
+                        .iter()
+                        .map(|s| {
+                            let h = s.health_record();
+                            ServerStatus {
+                                label: s.label.clone(),
+                                address: s.address,
+                                port: s.port,
+                                weight: s.weight(),
+                                max_connections: s.max_connections(),
+                                health: h.health,
+                                state: s.admin(),
+                                connections: s.active(),
+                                total_connections: s.total(),
+                                last_failure: if h.health == Health::Up { None } else { h.last_failure },
+                                since: h.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                            }
+                        })
+                        .collect(),
+                    note: match svc.layer {
+                        Layer::Four { .. } => Some(
+                            "layer 4: health checks run; IPVS forwarding is not programmed by this version".into(),
+                        ),
+                        Layer::Seven(_) => None,
+                    },
+                })
+            })
+            .collect();
+        Status {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config: self.opts.config.display().to_string(),
+            services,
+        }
+    }
+}
+
+/// Starts, keeps or restarts the health monitor of each real server of `svc`.
+fn sync_monitors(entry: &mut Entry, svc: &config::Service) {
+    let servers = entry.runtime.servers();
+    entry.monitors.retain(|label, m| {
+        let keep = servers
+            .iter()
+            .any(|s| &s.label == label && Arc::ptr_eq(s, &m.server));
+        if !keep {
+            m.task.abort();
+        }
+        keep
+    });
+    for server in servers.iter() {
+        let spec = MonitorSpec::new(&svc.check, svc.address, &svc.ports, server);
+        if let Some(m) = entry.monitors.get(&server.label) {
+            if m.spec == spec {
+                continue;
+            }
+            m.task.abort();
+        }
+        let task = monitor::spawn(svc.label.clone(), server.clone(), spec.clone());
+        entry.monitors.insert(
+            server.label.clone(),
+            Monitor {
+                spec,
+                server: server.clone(),
+                task,
+            },
+        );
+    }
+}
+
+/// Binds the control socket, replacing a stale one but never a live lbcore's.
+fn bind_control(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another lbcore is already running on {}", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove the stale socket {}", path.display()))?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let listener =
+        UnixListener::bind(path).with_context(|| format!("cannot listen on {}", path.display()))?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("cannot restrict {}", path.display()))?;
+    Ok(listener)
+}
+
+async fn control_server(listener: UnixListener, tx: mpsc::Sender<Command>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(control_session(stream, tx.clone()));
+            }
+            Err(e) => {
+                warn!("control socket accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn control_session(stream: UnixStream, tx: mpsc::Sender<Command>) {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let (read, mut write) = stream.into_split();
+    // One request is a short JSON line; a bound keeps a confused client from growing
+    // our memory.
+    let mut lines = BufReader::new(read.take(1 << 20)).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let response = match serde_json::from_str::<Request>(&line) {
+            Ok(request) => {
+                let (reply, answer) = oneshot::channel();
+                if tx.send((request, reply)).await.is_err() {
+                    return;
+                }
+                answer
+                    .await
+                    .unwrap_or_else(|_| Response::error("lbcore is stopping"))
+            }
+            Err(e) => Response::error(format!("not a valid request: {e}")),
+        };
+        let mut text = serde_json::to_string(&response).unwrap_or_else(|e| {
+            format!("{{\"ok\":false,\"error\":\"cannot encode the answer: {e}\"}}")
+        });
+        text.push('\n');
+        if write.write_all(text.as_bytes()).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The default state file: beside the configuration file.
+pub fn default_state_path(config: &std::path::Path) -> PathBuf {
+    config.with_file_name("lbcore-state.json")
+}
+
+/// Re-exported for `lbctl`.
+pub use control::DEFAULT_SOCKET;

@@ -1,0 +1,173 @@
+//! One client connection: pick a server (waiting in the queue when all are at their
+//! connection limit), connect with a timeout and retry on another server, then relay
+//! until both sides are done or the operator halts the server.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use socket2::{SockRef, TcpKeepalive};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::{Instant, timeout};
+use tracing::{debug, info, warn};
+
+use super::relay::relay;
+use crate::config::ProxySettings;
+use crate::server::{AdminState, Server};
+use crate::service::{Choice, ServiceRuntime};
+
+/// How often a queued client looks again even without a wake-up.
+const QUEUE_POLL: Duration = Duration::from_millis(100);
+
+pub async fn serve(
+    service: Arc<ServiceRuntime>,
+    client: TcpStream,
+    peer: SocketAddr,
+    local: SocketAddr,
+) {
+    let _counted = service.client_connected();
+    let settings = service.settings();
+    let Some(proxy) = settings.proxy().cloned() else {
+        return;
+    };
+    tune(&client, &proxy);
+    // Listeners on a wildcard would see other local ports; the accepted socket knows.
+    let local_port = client.local_addr().map_or(local.port(), |a| a.port());
+
+    let mut tried: Vec<Arc<Server>> = Vec::new();
+    let mut queue_deadline: Option<Instant> = None;
+    let mut _ticket = None;
+    loop {
+        match service.choose(peer.ip(), &tried) {
+            Choice::Server(lease) => {
+                let server = lease.server().clone();
+                let target = server.socket_addr(local_port);
+                // Subscribed before connecting, so that a Halt during the connect is seen.
+                let mut halted = server.halt_signal();
+                match connect(target, &proxy).await {
+                    Ok(upstream) => {
+                        _ticket = None;
+                        if server.admin() == AdminState::Halt {
+                            return;
+                        }
+                        debug!(service = %service.label, %peer, server = %server.label, "connected");
+                        tokio::select! {
+                            r = relay(&client, &upstream) => log_end(&service.label, peer, &server.label, r),
+                            _ = halted.changed() => info!(
+                                service = %service.label, %peer, server = %server.label,
+                                "connection closed: server halted by the operator"
+                            ),
+                        }
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(
+                            service = %service.label, %peer, server = %server.label, %target,
+                            "cannot connect: {e}; trying another server"
+                        );
+                        drop(lease);
+                        tried.push(server);
+                        if tried.len() > proxy.retries as usize {
+                            service.count_refused();
+                            warn!(service = %service.label, %peer, "connection refused: {} attempts failed", tried.len());
+                            return;
+                        }
+                    }
+                }
+            }
+            Choice::Fallback(endpoint, _lease) => {
+                let target = endpoint.socket_addr(local_port);
+                match connect(target, &proxy).await {
+                    Ok(upstream) => {
+                        info!(service = %service.label, %peer, %target, "no real server is up: using the fallback server");
+                        log_end(
+                            &service.label,
+                            peer,
+                            "fallback",
+                            relay(&client, &upstream).await,
+                        );
+                    }
+                    Err(e) => {
+                        service.count_refused();
+                        warn!(service = %service.label, %peer, %target, "cannot connect to the fallback server: {e}");
+                    }
+                }
+                return;
+            }
+            Choice::Full => {
+                let deadline =
+                    *queue_deadline.get_or_insert_with(|| Instant::now() + proxy.queue_timeout);
+                if _ticket.is_none() {
+                    _ticket = service.enqueue();
+                    if _ticket.is_none() {
+                        service.count_refused();
+                        warn!(service = %service.label, %peer, "connection refused: every server is at max_connections and the queue is full");
+                        return;
+                    }
+                }
+                let now = Instant::now();
+                if now >= deadline {
+                    service.count_refused();
+                    warn!(
+                        service = %service.label, %peer,
+                        "connection refused: no server had a free slot within {:?}", proxy.queue_timeout
+                    );
+                    return;
+                }
+                let _ = timeout((deadline - now).min(QUEUE_POLL), service.slot_freed()).await;
+            }
+            Choice::Unavailable => {
+                service.count_refused();
+                if tried.is_empty() {
+                    warn!(service = %service.label, %peer, "connection refused: no real server is available (down, drained or halted) and there is no fallback");
+                } else {
+                    warn!(service = %service.label, %peer, "connection refused: every available server failed to connect");
+                }
+                return;
+            }
+        }
+    }
+}
+
+async fn connect(target: SocketAddr, proxy: &ProxySettings) -> io::Result<TcpStream> {
+    let socket = match target {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    let stream = timeout(proxy.connect_timeout, socket.connect(target))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("no answer within {:?}", proxy.connect_timeout),
+            )
+        })??;
+    tune(&stream, proxy);
+    Ok(stream)
+}
+
+/// Keepalive on both legs, so that a peer that vanished (power loss, a firewall that
+/// forgot the flow) is noticed on links that stay idle for days; no Nagle delay, since
+/// DICOM and HL7 are request/response.
+fn tune(stream: &TcpStream, proxy: &ProxySettings) {
+    let sock = SockRef::from(stream);
+    let keepalive = TcpKeepalive::new()
+        .with_time(proxy.keepalive_idle)
+        .with_interval(Duration::from_secs(10))
+        .with_retries(6);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        debug!("cannot set TCP keepalive: {e}");
+    }
+    let _ = stream.set_nodelay(true);
+}
+
+fn log_end(service: &str, peer: SocketAddr, server: &str, result: io::Result<super::Transferred>) {
+    match result {
+        Ok(t) => debug!(
+            service, %peer, server,
+            sent = t.client_to_server, received = t.server_to_client, "connection closed"
+        ),
+        Err(e) => debug!(service, %peer, server, "connection ended: {e}"),
+    }
+}

@@ -1,0 +1,310 @@
+//! A virtual service at run time: its settings, its real servers with their live state,
+//! and the decision of where a new connection goes (scheduler, persistence, connection
+//! limits, fallback). Reloads swap settings and servers in place, so connections that
+//! are already established keep running untouched.
+
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::Instant;
+
+use tokio::sync::Notify;
+
+use crate::config;
+use crate::persistence::PersistenceTable;
+use crate::scheduler::Scheduler;
+use crate::server::{ConnectionGuard, Server};
+
+struct Selection {
+    scheduler: Scheduler,
+    persistence: Option<PersistenceTable>,
+}
+
+pub struct ServiceRuntime {
+    pub label: String,
+    settings: RwLock<Arc<config::Service>>,
+    servers: RwLock<Arc<Vec<Arc<Server>>>>,
+    selection: Mutex<Selection>,
+    active: AtomicU32,
+    total: AtomicU64,
+    fallback_active: AtomicU32,
+    fallback_total: AtomicU64,
+    refused: AtomicU64,
+    queued: AtomicU32,
+    /// Signalled whenever a connection to a real server ends, for queued clients.
+    slot_freed: Notify,
+}
+
+/// Where a new connection goes.
+pub enum Choice {
+    /// A real server; the lease counts the connection until dropped.
+    Server(Lease),
+    /// No real server is up: the fallback server.
+    Fallback(config::Endpoint, FallbackLease),
+    /// Servers are up but all at `max_connections`: wait for a slot.
+    Full,
+    /// Nothing can take the connection (no server up and no fallback, or every
+    /// server that could was already tried).
+    Unavailable,
+}
+
+impl ServiceRuntime {
+    pub fn new(settings: &config::Service, servers: Vec<Arc<Server>>) -> Arc<ServiceRuntime> {
+        Arc::new(ServiceRuntime {
+            label: settings.label.clone(),
+            selection: Mutex::new(Selection {
+                scheduler: Scheduler::new(settings.scheduler),
+                persistence: settings
+                    .persistence
+                    .as_ref()
+                    .map(|p| PersistenceTable::new(p.timeout)),
+            }),
+            settings: RwLock::new(Arc::new(settings.clone())),
+            servers: RwLock::new(Arc::new(servers)),
+            active: AtomicU32::new(0),
+            total: AtomicU64::new(0),
+            fallback_active: AtomicU32::new(0),
+            fallback_total: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            queued: AtomicU32::new(0),
+            slot_freed: Notify::new(),
+        })
+    }
+
+    pub fn settings(&self) -> Arc<config::Service> {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn servers(&self) -> Arc<Vec<Arc<Server>>> {
+        self.servers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    pub fn server(&self, label: &str) -> Option<Arc<Server>> {
+        self.servers().iter().find(|s| s.label == label).cloned()
+    }
+
+    fn selection(&self) -> MutexGuard<'_, Selection> {
+        // Selection state is advisory (credits, timestamps): still fine after a panic.
+        self.selection.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes new settings and the new list of servers (servers that stayed keep their
+    /// `Arc`, and so their state and connections).
+    pub fn update(&self, settings: &config::Service, servers: Vec<Arc<Server>>) {
+        {
+            let mut sel = self.selection();
+            if sel.scheduler.kind() != settings.scheduler {
+                sel.scheduler = Scheduler::new(settings.scheduler);
+            }
+            let labels: Vec<&str> = servers.iter().map(|s| s.label.as_str()).collect();
+            sel.scheduler.retain(&labels);
+            match (&mut sel.persistence, &settings.persistence) {
+                (Some(table), Some(p)) => table.set_timeout(p.timeout),
+                (slot, p) => *slot = p.as_ref().map(|p| PersistenceTable::new(p.timeout)),
+            }
+        }
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings.clone());
+        *self.servers.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(servers);
+        // Weights or limits may have grown: let queued clients look again.
+        self.slot_freed.notify_waiters();
+    }
+
+    /// Decides where a new connection from `client` goes, skipping servers in `tried`.
+    pub fn choose(self: &Arc<Self>, client: IpAddr, tried: &[Arc<Server>]) -> Choice {
+        let client = client.to_canonical();
+        let servers = self.servers();
+        let now = Instant::now();
+        let mut sel = self.selection();
+
+        let open: Vec<&Arc<Server>> = servers
+            .iter()
+            .filter(|s| s.takes_new_connections())
+            .collect();
+        if open.is_empty() {
+            drop(sel);
+            let settings = self.settings();
+            return match settings.fallback {
+                Some(fb) if tried.is_empty() => {
+                    self.fallback_active.fetch_add(1, Ordering::Relaxed);
+                    self.fallback_total.fetch_add(1, Ordering::Relaxed);
+                    Choice::Fallback(
+                        fb,
+                        FallbackLease {
+                            service: self.clone(),
+                        },
+                    )
+                }
+                _ => Choice::Unavailable,
+            };
+        }
+        let untried: Vec<&Arc<Server>> = open
+            .iter()
+            .copied()
+            .filter(|s| !tried.iter().any(|t| Arc::ptr_eq(t, s)))
+            .collect();
+        if untried.is_empty() {
+            return Choice::Unavailable;
+        }
+        let candidates: Vec<&Arc<Server>> = untried
+            .iter()
+            .copied()
+            .filter(|s| s.has_capacity())
+            .collect();
+        if candidates.is_empty() {
+            return Choice::Full;
+        }
+
+        let sticky = sel
+            .persistence
+            .as_mut()
+            .and_then(|p| p.lookup(client, now).map(str::to_owned))
+            .and_then(|label| candidates.iter().copied().find(|s| s.label == label));
+        let chosen = match sticky {
+            Some(s) => s,
+            None => match sel.scheduler.pick(&candidates) {
+                Some(s) => s,
+                None => return Choice::Unavailable,
+            },
+        };
+        let persistent = match sel.persistence.as_mut() {
+            Some(p) => {
+                p.connect(client, &chosen.label, now);
+                Some(client)
+            }
+            None => None,
+        };
+        // Counted while the selection lock is held, so that concurrent choices see it
+        // and max_connections is never overshot.
+        let guard = chosen.open_connection();
+        drop(sel);
+        Choice::Server(Lease {
+            guard,
+            service: self.clone(),
+            persistent,
+        })
+    }
+
+    /// Registers a client waiting for a free slot; `None` when the queue is full.
+    pub fn enqueue(self: &Arc<Self>) -> Option<QueueTicket> {
+        let limit = self.settings().proxy().map_or(0, |p| p.queue_size);
+        let mut current = self.queued.load(Ordering::Relaxed);
+        loop {
+            if current >= limit {
+                return None;
+            }
+            match self.queued.compare_exchange(
+                current,
+                current + 1,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => {
+                    return Some(QueueTicket {
+                        service: self.clone(),
+                    });
+                }
+                Err(now) => current = now,
+            }
+        }
+    }
+
+    pub async fn slot_freed(&self) {
+        self.slot_freed.notified().await
+    }
+
+    /// Counts a client connection for the service as a whole.
+    pub fn client_connected(self: &Arc<Self>) -> ClientGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        ClientGuard {
+            service: self.clone(),
+        }
+    }
+
+    pub fn count_refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn counters(&self) -> ServiceCounters {
+        ServiceCounters {
+            active: self.active.load(Ordering::Relaxed),
+            total: self.total.load(Ordering::Relaxed),
+            fallback_active: self.fallback_active.load(Ordering::Relaxed),
+            fallback_total: self.fallback_total.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Relaxed),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceCounters {
+    pub active: u32,
+    pub total: u64,
+    pub fallback_active: u32,
+    pub fallback_total: u64,
+    pub refused: u64,
+    pub queued: u32,
+}
+
+/// A connection to a real server, counted until dropped.
+pub struct Lease {
+    guard: ConnectionGuard,
+    service: Arc<ServiceRuntime>,
+    persistent: Option<IpAddr>,
+}
+
+impl Lease {
+    pub fn server(&self) -> &Arc<Server> {
+        self.guard.server()
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(client) = self.persistent {
+            if let Some(p) = self.service.selection().persistence.as_mut() {
+                p.disconnect(client, Instant::now());
+            }
+        }
+        // Free the slot before waking queued clients, so that they find it.
+        self.guard.release();
+        self.service.slot_freed.notify_waiters();
+    }
+}
+
+pub struct FallbackLease {
+    service: Arc<ServiceRuntime>,
+}
+
+impl Drop for FallbackLease {
+    fn drop(&mut self) {
+        self.service.fallback_active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct QueueTicket {
+    service: Arc<ServiceRuntime>,
+}
+
+impl Drop for QueueTicket {
+    fn drop(&mut self) {
+        self.service.queued.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+pub struct ClientGuard {
+    service: Arc<ServiceRuntime>,
+}
+
+impl Drop for ClientGuard {
+    fn drop(&mut self) {
+        self.service.active.fetch_sub(1, Ordering::Relaxed);
+    }
+}
