@@ -45,6 +45,17 @@ def lab():
         lab.close()
 
 
+@pytest.fixture(autouse=True)
+def stop_test_processes(lab):
+    """Peers a test starts (storescp, MLLP servers, ...) end with the test."""
+    before = len(lab.processes)
+    yield
+    started = lab.processes[before:]
+    del lab.processes[before:]
+    for p in reversed(started):
+        lab.stop(p)
+
+
 class Lbcore:
     """lbcore running in the lab's `lb` host, with its configuration in a temp dir."""
 
