@@ -196,7 +196,7 @@ async fn run(opts: Options) {
 
     let (ready_tx, mut ready_rx) = mpsc::unbounded_channel::<ReadyLine>();
     let mut sup = Supervisor::new(Vec::new(), ready_tx.clone());
-    let mut net = network::Manager::new(b.layout.clone(), b.opts.root.clone());
+    let mut net = network::Manager::new(Some(b.opts.in_root("etc/resolv.conf")));
     let mut running = false;
     if setup_done || consoles.is_empty() {
         if !setup_done {
