@@ -1,0 +1,156 @@
+"""The appliance booted in QEMU (software emulation), driven over its serial console.
+
+- BIOS: first boot through the wizard with a static address on a tap device in a test
+  namespace; ping from the namespace; lbcore ready in the console's service status;
+  the slot on trial is marked good; reboot keeps the configuration; shutdown.
+- UEFI: the same first boot from the qcow2 image, then shutdown.
+- Slot fallback: slot B holds a system that cannot start; GRUB tries it, counts the
+  tries down, and boots slot A again.
+"""
+
+import subprocess
+import time
+
+from conftest import TOP, bootenv, disk_copy, overlay_bootenv, run
+
+GUEST = "10.99.7.10"
+PASSWORD = "correct-horse-42"
+BOOT_TIMEOUT = 180  # GRUB to the first prompt, under software emulation
+READY_TIMEOUT = 240  # wizard done to "services ready" (mkfs of /data, network, lbcore)
+
+
+def wizard_static(con):
+    con.expect(r"=== Medical load balancer: first-boot setup ===", BOOT_TIMEOUT)
+    con.answer(r"Network mode \(dhcp/static\)", "static")
+    con.answer(r"IPv4 address with prefix or netmask", "10.99.7.300/24")
+    con.expect(r"error: .*", 30)  # a malformed address is refused, and asked again
+    con.answer(r"IPv4 address with prefix or netmask", f"{GUEST}/24")
+    con.answer(r"Gateway \(empty for none\)", "10.99.7.1")
+    con.answer(r"DNS servers, comma-separated \(empty for none\)", "")
+    con.answer(r"Hostname", "lbtest")
+    con.answer(r"Admin password \(at least 8 characters\)", PASSWORD)
+    con.answer(r"Repeat admin password", PASSWORD)
+    con.expect(r"Summary:", 30)
+    con.answer(r"Apply these settings\? \(yes/no\)", "yes")
+    con.expect(r"Settings saved\.", 60)
+
+
+def services_ready(con, label):
+    m = con.expect(r"services ready in (\d+) ms \(uptime ([\d.]+) s\)", READY_TIMEOUT)
+    print(f"\n{label}: services ready, init's share {m.group(1)} ms, guest uptime {m.group(2)} s")
+    return m
+
+
+def ping(netns, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(
+            ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "2", GUEST],
+            capture_output=True, text=True,
+        )
+        if r.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{GUEST} does not answer ping from {netns}:\n{r.stdout}{r.stderr}")
+        time.sleep(1)
+
+
+def service_status(con):
+    con.answer(r"Choice \(1-5\)", "1")
+    con.expect(r"Services:", 30)
+    con.expect(r"lbcore\s+ready", 30)
+
+
+def menu(con, choice, question):
+    con.answer(r"Choice \(1-5\)", choice)
+    con.answer(question, "yes")
+
+
+def test_bios_first_boot_reboot_keeps_config(image, vms, netns, tmp_path):
+    disk = disk_copy(image, tmp_path)
+    # put slot A on trial, as an update would: a healthy boot must mark it good
+    bootenv(disk, "try", "a", "3")
+    vm = vms(disk, firmware="bios", netns=netns, tap="lbtap0")
+    con = vm.console
+    con.expect(r"medlb: booting slot a \(tries left: 2", BOOT_TIMEOUT)
+    wizard_static(con)
+    services_ready(con, "BIOS first boot")
+    ping(netns)
+    service_status(con)
+
+    # reboot: the configuration is kept, the wizard does not come back
+    menu(con, "4", r"Reboot now\? \(yes/no\)")
+    con.expect(r"System is going down: reboot\.", 120)
+    con.expect(r"medlb: booting slot a \(tries left: ,", BOOT_TIMEOUT)
+    start = con.pos
+    services_ready(con, "BIOS second boot")
+    assert "first-boot setup" not in con.buf[start:]
+    con.expect(r"hostname:\s+lbtest", 60)
+    ping(netns)
+
+    menu(con, "5", r"Shut down now\? \(yes/no\)")
+    con.expect(r"System is going down: power off\.", 120)
+    assert vm.wait_exit(120) == 0
+    env = overlay_bootenv(vm.workdir, disk)
+    assert env == {"boot_slot": "a", "good_slot": "a", "boot_tries": ""}, env
+
+
+def test_uefi_first_boot(image, vms, netns):
+    vm = vms(image / "medlb.qcow2", firmware="uefi", netns=netns, tap="lbtap0")
+    con = vm.console
+    con.expect(r"medlb: booting slot a", BOOT_TIMEOUT)
+    wizard_static(con)
+    services_ready(con, "UEFI first boot")
+    ping(netns)
+    service_status(con)
+    menu(con, "5", r"Shut down now\? \(yes/no\)")
+    assert vm.wait_exit(120) == 0
+
+
+def gpt_partition(disk, name):
+    """(offset, size) in bytes of the GPT partition called `name`."""
+    import struct
+
+    with open(disk, "rb") as f:
+        f.seek(512)
+        hdr = f.read(512)
+        lba, count, size = struct.unpack_from("<QII", hdr, 72)
+        f.seek(lba * 512)
+        table = f.read(count * size)
+    for i in range(count):
+        e = table[i * size : (i + 1) * size]
+        if e[56:128].decode("utf-16-le").rstrip("\0") == name:
+            first, last = struct.unpack_from("<QQ", e, 32)
+            return first * 512, (last - first + 1) * 512
+    raise AssertionError(f"no partition {name}")
+
+
+def test_grub_falls_back_when_slot_b_fails(image, vms, tmp_path):
+    disk = disk_copy(image, tmp_path)
+    # slot B: the same kernel with an initramfs that holds no init: the kernel panics
+    # (panic=5 reboots), as a broken update would
+    broken = tmp_path / "slot_b"
+    broken.mkdir()
+    run("cp", image / "slot" / "vmlinuz", broken / "vmlinuz")
+    (tmp_path / "empty").mkdir()
+    with open(broken / "initrd.img", "wb") as f:
+        subprocess.run([str(TOP / "image" / "mkcpio"), str(tmp_path / "empty")], stdout=f, check=True)
+    offset, size = gpt_partition(disk, "slot_b")
+    part = tmp_path / "slot_b.ext2"
+    run("mke2fs", "-q", "-t", "ext2", "-L", "slot_b", "-d", broken, part, f"{size // 1024}k")
+    run("dd", f"if={part}", f"of={disk}", "bs=1M", f"seek={offset}", "oflag=seek_bytes", "conv=notrunc,sparse", "status=none")
+    bootenv(disk, "try", "b", "2")
+    assert "boot_slot=b" in bootenv(disk, "show")
+
+    vm = vms(disk, firmware="bios")
+    con = vm.console
+    for left in (1, 0):
+        con.expect(rf"medlb: booting slot b \(tries left: {left},", BOOT_TIMEOUT)
+        con.expect(r"Kernel panic", 120)
+    con.expect(r"medlb: slot b is out of tries; back to slot a", BOOT_TIMEOUT)
+    con.expect(r"medlb: booting slot a \(tries left: ,", 60)
+    con.expect(r"init [^\n]* starting as pid 1", 120)
+    con.expect(r"=== Medical load balancer: first-boot setup ===", 120)
+    vm.stop()
+    env = overlay_bootenv(vm.workdir, disk)
+    assert env == {"boot_slot": "a", "good_slot": "a", "boot_tries": ""}, env
