@@ -72,7 +72,7 @@ type Command = (Request, oneshot::Sender<Response>);
 /// Runs lbcore until SIGTERM or SIGINT. Fails at start when the configuration is
 /// invalid or a service port cannot be bound.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let config = config::load(&opts.config)?;
+    let config = load(&opts.config)?;
     let addresses = if opts.manage_addresses {
         match ServiceAddresses::new() {
             Ok(a) => Some(a),
@@ -154,7 +154,7 @@ impl Daemon {
     }
 
     async fn reload(&mut self) -> Result<String, String> {
-        let result = match config::load(&self.opts.config) {
+        let result = match load(&self.opts.config) {
             Ok(new) => self.apply(new).await,
             Err(e) => Err(e.to_string()),
         };
@@ -488,6 +488,18 @@ async fn control_session(stream: UnixStream, tx: mpsc::Sender<Command>) {
             return;
         }
     }
+}
+
+/// Reads the configuration; a missing file means no services yet (and is logged).
+fn load(path: &std::path::Path) -> Result<Config, config::ConfigError> {
+    let (config, missing) = config::load_or_empty(path)?;
+    if missing {
+        warn!(
+            "{} does not exist yet: running with no services until it is written and reloaded",
+            path.display()
+        );
+    }
+    Ok(config)
 }
 
 /// The default state file: beside the configuration file.

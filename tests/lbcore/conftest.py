@@ -66,7 +66,8 @@ class Lbcore:
         self.config = self.dir / "lbcore.toml"
         self.socket = self.dir / "lbcore.sock"
         self.log_path = self.dir / "lbcore.log"
-        self.config.write_text(config_text)
+        if config_text is not None:
+            self.config.write_text(config_text)
         self.log_file = open(self.log_path, "w")
         env = dict(os.environ, LBCORE_LOG="info")
         self.process = self.host.spawn(

@@ -355,3 +355,15 @@ def test_bad_config_at_start_exits_with_the_reason(lab, text, needle, tmp_path):
     r = lab.hosts["lb"].run([binary("lbcore"), "--config", str(path), "--socket", str(tmp_path / "s")], check=False, timeout=10)
     assert r.returncode == 2
     assert needle in r.stderr and str(path) in r.stderr, r.stderr
+
+
+def test_missing_config_runs_with_no_services_until_written(lab, lbcore, peers):
+    """A fresh appliance starts lbcore before any service is configured."""
+    peers("rs1")
+    lb = lbcore(None)
+    assert lb.status()["services"] == []
+    assert "does not exist yet" in lb.log()
+    r = lb.reload(config(("rs1",), lab=lab))
+    assert r.returncode == 0, r.stderr
+    lb.wait_health("APP", "RS1", "up")
+    assert who(lab) == "RS1"

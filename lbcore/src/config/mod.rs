@@ -18,7 +18,7 @@ use serde::Serialize;
 pub use duration::Span;
 
 /// A validated configuration.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct Config {
     pub services: Vec<Service>,
 }
@@ -304,6 +304,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         reason: e.to_string(),
     })?;
     parse(&text).map_err(|e| e.with_path(path))
+}
+
+/// Like [`load`], but a file that does not exist yet is an empty configuration: a fresh
+/// appliance runs lbcore before anyone has configured a service. The flag says so.
+pub fn load_or_empty(path: &Path) -> Result<(Config, bool), ConfigError> {
+    if !path.exists() {
+        return Ok((Config::default(), true));
+    }
+    load(path).map(|c| (c, false))
 }
 
 /// Validates configuration text.
