@@ -367,3 +367,16 @@ def test_missing_config_runs_with_no_services_until_written(lab, lbcore, peers):
     assert r.returncode == 0, r.stderr
     lb.wait_health("APP", "RS1", "up")
     assert who(lab) == "RS1"
+
+
+def test_sighup_reloads(lab, lbcore, peers):
+    import signal as sig
+    peers("rs1", "rs2")
+    lb = lbcore(config(("rs1",), lab=lab))
+    lb.wait_health("APP", "RS1", "up")
+    lb.config.write_text(config(("rs2",), lab=lab))
+    lb.process.send_signal(sig.SIGHUP)
+    wait_for(lambda: [r["label"] for r in lb.service("APP")["real_servers"]] == ["RS2"], 5, what="the reload")
+    lb.wait_health("APP", "RS2", "up")
+    assert who(lab) == "RS2"
+    assert "SIGHUP: reloading" in lb.log()
