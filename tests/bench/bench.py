@@ -1,0 +1,490 @@
+#!/usr/bin/python3
+"""Side-by-side benchmark of lbcore's Layer 7 proxy, HAProxy (TCP mode) and a direct
+connection, in one run, in network namespaces.
+
+Topology (tests/netlab.py): three hosts on one bridge, each attached by a veth pair —
+client (.10), load balancer (.2) and server (.11). The direct path goes client -> server
+over the bridge; the proxied paths go client -> lb -> server, two hops on the same
+bridge, so every path sees the same link type, MTU and offloads. HAProxy and lbcore run
+side by side in the lb host, each with one frontend/service per workload, both with two
+threads (the machine's cores), neither pinned; the same servers (tests/bench's lbbench
+serve, storescp) and the same clients serve all three paths. Each workload runs once per
+path per round, in an order that rotates every round, and the table shows medians.
+
+The CPU time each proxy process used during each measurement is read from
+/proc/PID/stat, so the table also says what each proxy cost, independently of where the
+scheduler placed it.
+
+Run through tests/bench/run (installs packages, builds, raises limits); writes
+docs/benchmarks.md from the real run.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "peers"))
+
+from netlab import Lab, wait_for  # noqa: E402
+import dicom_files  # noqa: E402
+
+BIN = Path(os.environ.get("LB_BIN_DIR", REPO / "target" / "release"))
+SUBNET = "10.78.0"
+LB_IP, CLIENT_IP, SERVER_IP = f"{SUBNET}.2", f"{SUBNET}.10", f"{SUBNET}.11"
+# Ports of the servers; HAProxy listens on port+10000, lbcore on port+20000.
+PORTS = {"bulk": 5001, "rate": 5002, "mllp": 2575, "dicom": 11112}
+PATHS = ("direct", "haproxy", "lbcore")
+OFFSET = {"direct": 0, "haproxy": 10000, "lbcore": 20000}
+MEM_PORT = 26002  # the fresh proxies of the memory test
+DICOM_AE = "BENCH-SCP"
+
+HAPROXY_GLOBAL = """\
+global
+    nbthread 2
+    maxconn {maxconn}
+    maxpipes 64
+
+defaults
+    mode tcp
+    option splice-auto
+    option tcpka
+    timeout connect 3s
+    timeout client 1h
+    timeout server 1h
+    maxconn {maxconn}
+"""
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def target(path, workload):
+    host = SERVER_IP if path == "direct" else LB_IP
+    return f"{host}:{PORTS[workload] + OFFSET[path]}"
+
+
+def haproxy_config(ports, maxconn):
+    text = HAPROXY_GLOBAL.format(maxconn=maxconn)
+    for name, (listen, server) in ports.items():
+        text += f"""
+frontend f_{name}
+    bind {LB_IP}:{listen}
+    default_backend b_{name}
+
+backend b_{name}
+    server s1 {SERVER_IP}:{server}
+"""
+    return text
+
+
+def lbcore_config(ports):
+    text = ""
+    for name, (listen, server) in ports.items():
+        text += f"""
+[[service]]
+label = "{name.upper()}"
+layer = 7
+address = "{LB_IP}"
+ports = [{listen}]
+scheduler = "rr"
+check = {{ kind = "none" }}
+
+[[service.real_server]]
+label = "S1"
+address = "{SERVER_IP}"
+port = {server}
+"""
+    return text
+
+
+def cpu_seconds(pid):
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def status_kb(pid, key):
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+class Bench:
+    def __init__(self, args):
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="lbbench-"))
+        self.lab = Lab("lbb", subnet=SUBNET)
+        self.lb = self.lab.add_host("lb", 2)
+        self.client = self.lab.add_host("client", 10)
+        self.server = self.lab.add_host("server", 11)
+        for h in (self.lb, self.client, self.server):
+            # Many short connections: reuse TIME_WAIT ports for new outgoing
+            # connections (client and proxies), wide port range, deep accept queues.
+            h.run(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
+                   "net.ipv4.ip_local_port_range=1024 65535",
+                   "net.core.somaxconn=4096", "net.ipv4.tcp_max_syn_backlog=8192"])
+        self.proxy_pid = {}
+        self.samples = {}  # (row, path) -> [values]
+        self.cpu = {}  # (workload, path) -> [cpu fraction of one core]
+
+    # -- peers and proxies -------------------------------------------------------------
+
+    def start(self):
+        s = self.server
+        s.spawn([str(BIN / "lbbench"), "serve", "--bulk", f"{SERVER_IP}:{PORTS['bulk']}",
+                 "--rate", f"{SERVER_IP}:{PORTS['rate']}", "--mllp", f"{SERVER_IP}:{PORTS['mllp']}"])
+        s.spawn(["storescp", "--aetitle", DICOM_AE, "--ignore", str(PORTS["dicom"])])
+        for port in PORTS.values():
+            wait_listening(s, port)
+        self.proxy_pid["haproxy"] = self.start_haproxy(
+            {w: (p + OFFSET["haproxy"], p) for w, p in PORTS.items()}, "main")
+        self.proxy_pid["lbcore"] = self.start_lbcore(
+            {w: (p + OFFSET["lbcore"], p) for w, p in PORTS.items()}, "main")
+        for w, p in PORTS.items():
+            wait_listening(self.lb, p + OFFSET["haproxy"])
+            wait_listening(self.lb, p + OFFSET["lbcore"])
+
+    def start_haproxy(self, ports, tag):
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # Two sockets per connection, the pipe pool and a margin within the fd limit.
+        maxconn = max(1000, (soft - 2 * 64 - 100) // 2)
+        cfg = self.tmp / f"haproxy-{tag}.cfg"
+        cfg.write_text(haproxy_config(ports, maxconn))
+        self.lb.run(["haproxy", "-c", "-q", "-f", str(cfg)])
+        logf = open(self.tmp / f"haproxy-{tag}.log", "w")
+        p = self.lb.spawn(["haproxy", "-db", "-f", str(cfg)], stdout=logf, stderr=subprocess.STDOUT)
+        return p
+
+    def start_lbcore(self, ports, tag):
+        cfg = self.tmp / f"lbcore-{tag}.toml"
+        cfg.write_text(lbcore_config(ports))
+        logf = open(self.tmp / f"lbcore-{tag}.log", "w")
+        p = self.lb.spawn([str(BIN / "lbcore"), "--config", str(cfg), "--socket", str(self.tmp / f"lbcore-{tag}.sock"),
+                           "--state", str(self.tmp / f"lbcore-{tag}-state.json"), "--no-manage-addresses"],
+                          stdout=logf, stderr=subprocess.STDOUT, env=dict(os.environ, LBCORE_LOG="warn"))
+        return p
+
+    # -- workloads --------------------------------------------------------------------
+
+    def client_json(self, args, timeout):
+        r = self.client.run([str(BIN / "lbbench"), *args], timeout=timeout, check=False)
+        if r.returncode != 0:
+            raise RuntimeError(f"lbbench {' '.join(args)} failed: {r.stderr.strip()}")
+        return json.loads(r.stdout.strip().splitlines()[-1])
+
+    def measure(self, workload, path, fn):
+        proc = self.proxy_pid.get(path)
+        c0, t0 = (cpu_seconds(proc.pid) if proc else 0.0), time.monotonic()
+        values = fn()
+        c1, t1 = (cpu_seconds(proc.pid) if proc else 0.0), time.monotonic()
+        if proc:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{path} exited with {proc.returncode}")
+            self.cpu.setdefault((workload, path), []).append((c1 - c0) / (t1 - t0))
+        for row, v in values.items():
+            self.samples.setdefault((row, path), []).append(v)
+        log(f"  {workload:6} {path:8} " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()))
+
+    def bulk(self, path, streams):
+        r = self.client_json(["bulk", target(path, "bulk"), "--streams", str(streams),
+                              "--secs", str(self.args.secs)], timeout=60)
+        return {f"bulk{streams}": r["gbit_s"]}
+
+    def rate(self, path):
+        r = self.client_json(["rate", target(path, "rate"), "--clients", "64", "--secs", str(self.args.secs)], timeout=60)
+        if r["errors"]:
+            log(f"  rate via {path}: {r['errors']} failed requests")
+        return {"rate": r["conn_per_s"], "rate_p50": r["p50_ms"], "rate_p99": r["p99_ms"]}
+
+    def mllp(self, path):
+        r = self.client_json(["mllp", target(path, "mllp"), "--conns", "16", "--secs", str(self.args.secs)], timeout=60)
+        return {"hl7": r["msg_per_s"], "hl7_p50": r["p50_ms"], "hl7_p99": r["p99_ms"]}
+
+    def dicom(self, path):
+        host, port = target(path, "dicom").split(":")
+        t0 = time.monotonic()
+        r = self.client.run(["storescu", "-aet", "BENCH-SCU", "-aec", DICOM_AE, "+sd", host, port, str(self.study)],
+                            timeout=120, check=False)
+        elapsed = time.monotonic() - t0
+        if r.returncode != 0:
+            raise RuntimeError(f"storescu via {path} failed: {r.stdout}{r.stderr}")
+        return {"dicom": self.args.images / elapsed}
+
+    def make_study(self):
+        self.study = self.tmp / "study"
+        self.study.mkdir()
+        for i in range(self.args.images):
+            dicom_files.make(self.study / f"img{i:04}.dcm", i + 1, study="77", rows=512, cols=512)
+
+    def rounds(self):
+        workloads = [
+            ("bulk1", lambda p: self.bulk(p, 1)),
+            ("bulk8", lambda p: self.bulk(p, 8)),
+            ("rate", self.rate),
+            ("hl7", self.mllp),
+            ("dicom", self.dicom),
+        ]
+        if self.args.only:
+            workloads = [w for w in workloads if w[0] in self.args.only.split(",")]
+        for r in range(self.args.rounds):
+            log(f"round {r + 1}/{self.args.rounds}")
+            for i, (name, fn) in enumerate(workloads):
+                k = (r + i) % len(PATHS)
+                for path in PATHS[k:] + PATHS[:k]:
+                    self.measure(name, path, lambda: fn(path))
+
+    # -- memory -----------------------------------------------------------------------
+
+    def memory(self):
+        """Peak RSS of a fresh proxy holding many idle established connections."""
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        # A proxied connection needs at least two descriptors in the proxy.
+        want = min(self.args.idle, (soft - 200) // 2)
+        self.mem_target = want
+        self.mem = {}
+        port = {"rate": (MEM_PORT, PORTS["rate"])}
+        for name, starter in (("haproxy", self.start_haproxy), ("lbcore", self.start_lbcore)):
+            proc = starter(port, "mem")
+            wait_listening(self.lb, MEM_PORT)
+            time.sleep(0.5)
+            base = status_kb(proc.pid, "VmRSS")
+            hold = self.client.spawn([str(BIN / "lbbench"), "hold", f"{LB_IP}:{MEM_PORT}", "--count", str(want)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+            line = hold.stdout.readline()
+            established = json.loads(line)["established"] if line else 0
+            time.sleep(0.5)
+            hwm, rss = status_kb(proc.pid, "VmHWM"), status_kb(proc.pid, "VmRSS")
+            hold.stdin.close()
+            hold.wait(timeout=30)
+            self.lab.stop(proc)
+            self.mem[name] = {"established": established, "hwm_kb": hwm, "rss_kb": rss, "base_kb": base}
+            log(f"  memory {name:8} established={established} base={base} kB VmHWM={hwm} kB")
+            wait_for(lambda: not listening(self.lb, MEM_PORT), 10, what="the memory-test proxy to stop")
+
+    def close(self):
+        self.lab.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def listening(host, port):
+    r = host.run(["ss", "-Htln", f"sport = :{port}"], check=False)
+    return r.stdout.strip() != ""
+
+
+def wait_listening(host, port, timeout=10):
+    wait_for(lambda: listening(host, port), timeout, what=f"port {port} in {host.name}")
+
+
+# -- the report -----------------------------------------------------------------------
+
+ROWS = [
+    # key, workload label, metric label, higher_is_better, format
+    ("bulk1", "Bulk, 1 stream", "Gbit/s", True, "{:.2f}"),
+    ("bulk8", "Bulk, 8 streams", "Gbit/s", True, "{:.2f}"),
+    ("rate", "Connection rate, 64 clients", "conn/s", True, "{:.0f}"),
+    ("rate_p50", "  connect-to-reply p50", "ms", False, "{:.3f}"),
+    ("rate_p99", "  connect-to-reply p99", "ms", False, "{:.3f}"),
+    ("hl7", "HL7 MLLP, 16 connections", "msg/s", True, "{:.0f}"),
+    ("hl7_p50", "  round trip p50", "ms", False, "{:.3f}"),
+    ("hl7_p99", "  round trip p99", "ms", False, "{:.3f}"),
+    ("dicom", "DICOM C-STORE, 200 images", "images/s", True, "{:.1f}"),
+]
+
+
+def ratio(a, b, higher):
+    if not a or not b:
+        return "–"
+    return f"{(a / b) if higher else (b / a):.2f}"
+
+
+def table(bench):
+    med = {k: statistics.median(v) for k, v in bench.samples.items()}
+    lines = ["| Workload | Unit | Direct | HAProxy | lbcore | lbcore vs HAProxy | lbcore vs direct |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for key, label, unit, higher, fmt in ROWS:
+        vals = [med.get((key, p)) for p in PATHS]
+        if all(v is None for v in vals):
+            continue
+        cells = [fmt.format(v) if v is not None else "–" for v in vals]
+        d, h, lb = vals
+        lines.append(f"| {label} | {unit} | {' | '.join(cells)} | {ratio(lb, h, higher)} | {ratio(lb, d, higher)} |")
+    if getattr(bench, "mem", None) and len(bench.mem) == 2:
+        h, lb = bench.mem.get("haproxy"), bench.mem.get("lbcore")
+        n = bench.mem_target
+        lines.append(f"| Idle connections held (of {n:,}) | conns | – | {h['established']:,} | {lb['established']:,} | "
+                     f"{ratio(lb['established'], h['established'], True)} | – |")
+        lines.append(f"| Peak RSS (VmHWM) at those connections | MB | – | {h['hwm_kb'] / 1024:.1f} | {lb['hwm_kb'] / 1024:.1f} | "
+                     f"{ratio(lb['hwm_kb'], h['hwm_kb'], False)} | – |")
+    return "\n".join(lines)
+
+
+def cpu_table(bench):
+    names = {"bulk1": "Bulk, 1 stream", "bulk8": "Bulk, 8 streams", "rate": "Connection rate",
+             "hl7": "HL7 MLLP", "dicom": "DICOM C-STORE"}
+    lines = ["| Workload | HAProxy CPU | lbcore CPU |", "|---|---:|---:|"]
+    for w, label in names.items():
+        h, lb = bench.cpu.get((w, "haproxy")), bench.cpu.get((w, "lbcore"))
+        if h and lb:
+            lines.append(f"| {label} | {statistics.median(h) * 100:.0f}% | {statistics.median(lb) * 100:.0f}% |")
+    return "\n".join(lines)
+
+
+def samples_text(bench):
+    out = []
+    for key, label, unit, _, fmt in ROWS:
+        for p in PATHS:
+            v = bench.samples.get((key, p))
+            if v:
+                out.append(f"{key:9} {p:8} " + " ".join(fmt.format(x) for x in v))
+    return "\n".join(out)
+
+
+def machine():
+    model = "unknown"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
+    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+    dcmtk = subprocess.run(["storescu", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    return {
+        "cores": os.cpu_count(), "cpu": model, "kernel": platform.release(), "memory_mb": mem,
+        "haproxy": haproxy, "dcmtk": dcmtk.strip("$ "),
+    }
+
+
+def write_doc(bench, m, started, duration, load):
+    args = bench.args
+    doc = f"""# Benchmarks: lbcore's Layer 7 proxy, HAProxy and a direct connection
+
+Written by `tests/bench/run` from the run of {started:%Y-%m-%d %H:%M} UTC (took {duration / 60:.1f} min).
+Do not edit the numbers by hand: run the benchmark again.
+
+## Machine
+
+- CPU: {m['cpu']}, {m['cores']} cores; memory {m['memory_mb']} MB
+- Kernel: Linux {m['kernel']}
+- {m['haproxy']}
+- dcmtk: {m['dcmtk']}
+- Load average when the run started: {load}
+
+## Reproduce
+
+```
+sudo tests/bench/run            # --rounds {args.rounds} --secs {args.secs} --images {args.images} --idle {args.idle}
+```
+
+## Results
+
+Medians of {args.rounds} interleaved rounds ({args.secs:g} s per throughput measurement). Ratios
+are lbcore's advantage: for throughput lbcore / other, for latency and memory
+other / lbcore, so 1.00 or more means lbcore is as good or better.
+
+{table(bench)}
+
+CPU used by the proxy process during each measurement (median; 100% = one core):
+
+{cmd_cpu(bench)}
+
+## Setup
+
+- Network namespaces from `tests/netlab.py`: client ({CLIENT_IP}), load balancer
+  ({LB_IP}) and server ({SERVER_IP}), each attached to one bridge by a veth pair. The
+  direct path is client → server; the proxied paths are client → lb → server on the same
+  bridge. Nothing leaves the namespaces.
+- Servers: `lbbench serve` (bulk sink, request/reply, MLLP ACK) and
+  `storescp --ignore` (receives every byte, writes nothing) in the server host. Clients:
+  `lbbench` and `storescu` in the client host. The same peers serve all three paths.
+- HAProxy: Debian's package, TCP mode, `nbthread 2`, `option splice-auto` (splice for
+  large transfers, buffers for small ones), `option tcpka`, `maxconn` from the
+  file-descriptor limit, `maxpipes 64`, no logging, no checks.
+- lbcore: `target/release/lbcore`, one Layer 7 service per workload, `check = {{ kind = "none" }}`,
+  round robin to the single server, log level `warn`; its own runtime settings (two
+  worker threads on two cores).
+- CPU placement: nothing is pinned. The client, server and proxy share the machine's
+  {m['cores']} cores; both proxies run two threads. Every path pays for its work on the
+  same cores, so a proxy's cost shows in the ratios against direct; the CPU table
+  shows each proxy's own cost.
+- Sysctls in every namespace: `tcp_tw_reuse=1`, `ip_local_port_range=1024 65535`,
+  `somaxconn=4096`.
+- Bulk: N connections write 256 KiB buffers for {args.secs:g} s, half-close, and the server
+  answers with the bytes it received; Gbit/s = bytes received / wall time.
+- Connection rate: 64 concurrent clients, each a loop of connect, 64-byte request,
+  512-byte reply, close; latency from before connect() to the last reply byte.
+- HL7: 16 long-lived connections, each a loop of one ADT^A01 (≈280 bytes, MLLP framed)
+  and waiting for its ACK.
+- DICOM: `storescu +sd` sends {args.images} Secondary Capture images of 512×512 pixels
+  (≈256 KiB each, written by `tests/peers/dicom_files.py`) over one association; images/s =
+  {args.images} / wall time of storescu.
+- Memory: a fresh proxy of each kind, {bench.mem_target:,} idle connections opened through it (one
+  request/reply each, so both legs are established) and held; peak RSS is VmHWM. The
+  target is 10,000 but the container's hard limit on open files
+  ({resource.getrlimit(resource.RLIMIT_NOFILE)[1]}) caps a proxy at about half that many
+  connections (two sockets each), and root here cannot raise it.
+
+Samples (one per round, in round order):
+
+```
+{samples_text(bench)}
+```
+"""
+    out = REPO / "docs" / "benchmarks.md"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(doc)
+    return out
+
+
+def cmd_cpu(bench):
+    return cpu_table(bench)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--secs", type=float, default=3.0)
+    ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--idle", type=int, default=10000)
+    ap.add_argument("--only", default="", help="comma-separated: bulk1,bulk8,rate,hl7,dicom,memory (debugging)")
+    ap.add_argument("--no-doc", action="store_true", help="print the table only")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench.py: must run as root (network namespaces)")
+    started = datetime.datetime.now(datetime.timezone.utc)
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    t0 = time.monotonic()
+    bench = Bench(args)
+    try:
+        bench.make_study()
+        bench.start()
+        bench.rounds()
+        if not args.only or "memory" in args.only.split(","):
+            log("memory")
+            bench.memory()
+    finally:
+        bench.close()
+    duration = time.monotonic() - t0
+    print(table(bench))
+    print()
+    print(cpu_table(bench))
+    if not args.no_doc:
+        out = write_doc(bench, machine(), started, duration, " ".join(load))
+        log(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
