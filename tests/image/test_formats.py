@@ -8,7 +8,7 @@ import subprocess
 import tarfile
 import xml.etree.ElementTree as ET
 
-from conftest import BIN_DIR, TOP, run
+from imagelab import BIN_DIR, TOP, note, run
 
 OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
 RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"
@@ -16,7 +16,8 @@ RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocatio
 
 def test_sizes_and_kernel_recorded(image):
     info = (image / "build-info.txt").read_text()
-    print("\n" + info)
+    for line in info.splitlines():
+        note(line)
     assert "kernel: " in info and "linux-image-" in info
     qcow2 = (image / "medlb.qcow2").stat().st_size
     assert qcow2 < 80 * 2**20, f"compressed qcow2 is {qcow2 / 2**20:.1f} MiB (limit 80)"

@@ -11,7 +11,7 @@
 import subprocess
 import time
 
-from conftest import TOP, bootenv, disk_copy, overlay_bootenv, run
+from imagelab import TOP, bootenv, disk_copy, note, overlay_bootenv, run
 
 GUEST = "10.99.7.10"
 PASSWORD = "correct-horse-42"
@@ -37,7 +37,7 @@ def wizard_static(con):
 
 def services_ready(con, label):
     m = con.expect(r"services ready in (\d+) ms \(uptime ([\d.]+) s\)", READY_TIMEOUT)
-    print(f"\n{label}: services ready, init's share {m.group(1)} ms, guest uptime {m.group(2)} s")
+    note(f"{label}: services ready at guest uptime {m.group(2)} s (init's share {m.group(1)} ms)")
     return m
 
 
