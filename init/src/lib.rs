@@ -9,6 +9,7 @@ pub mod console;
 pub mod control;
 pub mod datafs;
 pub mod fsutil;
+pub mod gpt;
 pub mod layout;
 pub mod log;
 pub mod menu;

@@ -12,7 +12,7 @@
 //! - `init version`
 
 use init::options::Options;
-use init::{bench, boot, console, control, log, modules, network, shutdown, wizard};
+use init::{bench, boot, console, control, datafs, log, modules, network, shutdown, wizard};
 use std::path::Path;
 
 fn main() {
@@ -41,6 +41,7 @@ fn main() {
             "wizard" => wizard_cmd(&opts),
             "net-apply" => network::cli::net_apply(rest),
             "modules" => modules::cli(rest),
+            "datafs" => datafs::cli(rest),
             "bench" => bench::run(rest),
             "version" => {
                 println!("init {}", env!("CARGO_PKG_VERSION"));
@@ -65,6 +66,7 @@ fn usage() -> i32 {
          \x20      init wizard [--data DIR]\n\
          \x20      init net-apply FILE [--resolv FILE] [--hold]\n\
          \x20      init modules --root DIR [--kver VERSION] [--alias MODALIAS]... [NAME]...\n\
+         \x20      init datafs --label LABEL --mount DIR [--wait SECS]\n\
          \x20      init bench [--services N]"
     );
     2
