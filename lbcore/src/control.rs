@@ -64,6 +64,10 @@ pub struct Status {
     pub version: String,
     pub config: String,
     pub services: Vec<ServiceStatus>,
+    /// The kernel's whole IPVS table (also services lbcore does not own), read over
+    /// netlink for this answer; absent when no Layer 4 service is in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipvs: Option<Vec<crate::ipvs::Service>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -119,6 +123,19 @@ pub struct ServerStatus {
     pub last_failure: Option<String>,
     /// Seconds since the Unix epoch of the last health change.
     pub since: u64,
+    /// Layer 4: this server in the kernel's IPVS table (summed over the service's
+    /// ports); `None` when it is not in the table (removed, halted) or not Layer 4.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ipvs: Option<IpvsServerStatus>,
+}
+
+/// A real server as IPVS has it, with IPVS's own connection counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IpvsServerStatus {
+    pub weight: u32,
+    pub active: u32,
+    pub inactive: u32,
+    pub persistent: u32,
 }
 
 #[derive(Debug, thiserror::Error)]

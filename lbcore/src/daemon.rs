@@ -11,7 +11,7 @@ use std::time::UNIX_EPOCH;
 
 use anyhow::Context;
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
@@ -21,6 +21,7 @@ use crate::config::{self, Config, Layer};
 use crate::control::{
     self, FallbackStatus, Request, Response, ServerStatus, ServiceStatus, Status,
 };
+use crate::ipvs;
 use crate::monitor::{self, MonitorSpec};
 use crate::proxy;
 use crate::server::{AdminState, Health, Server};
@@ -65,6 +66,10 @@ struct Daemon {
     services: BTreeMap<String, Entry>,
     addresses: Option<ServiceAddresses>,
     admin: AdminStates,
+    /// Layer 4: the kernel's IPVS table.
+    ipvs: ipvs::manager::Manager,
+    /// Notified when a server's health changes (IPVS follows).
+    changed: Arc<Notify>,
 }
 
 type Command = (Request, oneshot::Sender<Response>);
@@ -93,6 +98,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         services: BTreeMap::new(),
         addresses,
         admin,
+        ipvs: ipvs::manager::Manager::new(),
+        changed: Arc::new(Notify::new()),
     };
     let summary = daemon.apply(config).await.map_err(anyhow::Error::msg)?;
     info!("{summary}");
@@ -107,8 +114,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+    let changed = daemon.changed.clone();
+    // repairs IPVS changes made behind lbcore's back
+    let mut repair = tokio::time::interval(std::time::Duration::from_secs(30));
     loop {
         tokio::select! {
+            _ = changed.notified() => daemon.sync_ipvs(),
+            _ = repair.tick() => daemon.sync_ipvs(),
             Some((request, reply)) = rx.recv() => {
                 let response = daemon.handle(request).await;
                 let _ = reply.send(response);
@@ -124,7 +136,16 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     info!("stopping");
     daemon.services.clear();
     if let Some(a) = daemon.addresses.as_mut() {
-        a.release_all().await;
+        // Layer 4 flows run in the kernel and continue while lbcore is away (restart):
+        // their table and addresses stay
+        let l4 = daemon
+            .config
+            .services
+            .iter()
+            .filter(|s| s.layer.number() == 4)
+            .map(|s| s.address)
+            .collect();
+        a.sync(&l4).await;
     }
     let _ = std::fs::remove_file(&socket_path);
     Ok(())
@@ -241,7 +262,7 @@ impl Daemon {
                     }
                 }
             }
-            sync_monitors(entry, svc);
+            sync_monitors(entry, svc, &self.changed);
         }
         self.config = new;
 
@@ -249,6 +270,7 @@ impl Daemon {
             let wanted = self.config.services.iter().map(|s| s.address).collect();
             addresses.sync(&wanted).await;
         }
+        self.sync_ipvs();
         let l7 = self
             .config
             .services
@@ -262,6 +284,14 @@ impl Daemon {
             l7,
             self.config.services.len() - l7
         ))
+    }
+
+    /// Brings the kernel's IPVS table in step with the Layer 4 services.
+    fn sync_ipvs(&mut self) {
+        let services = &self.services;
+        self.ipvs.sync(&self.config, |label| {
+            services.get(label).map(|e| e.runtime.servers())
+        });
     }
 
     /// The servers of `svc`, reusing the live state of those that stay.
@@ -299,6 +329,7 @@ impl Daemon {
             .server(server)
             .ok_or_else(|| format!("service `{service}` has no real server called `{server}`"))?;
         let before = target.set_admin(state);
+        self.sync_ipvs();
         let note = match state {
             AdminState::Online => "takes new connections again",
             AdminState::Drain => "takes no new connections; established ones stay",
@@ -321,6 +352,12 @@ impl Daemon {
     }
 
     fn status(&self) -> Status {
+        let has_l4 = self.config.services.iter().any(|s| s.layer.number() == 4);
+        let table = has_l4.then(|| self.ipvs.table());
+        let kernel: &[ipvs::Service] = match &table {
+            Some(Ok(t)) => t,
+            _ => &[],
+        };
         let services = self
             .config
             .services
@@ -331,6 +368,40 @@ impl Daemon {
                 let c = rt.counters();
                 let servers = rt.servers();
                 let any_up = servers.iter().any(|s| s.takes_new_connections());
+                let l4 = svc.layer.number() == 4;
+                let in_ipvs = |address, port: Option<u16>| {
+                    l4.then(|| ipvs_counters(kernel, svc, address, port))
+                        .flatten()
+                };
+                let real_servers: Vec<ServerStatus> = servers
+                    .iter()
+                    .map(|s| {
+                        let h = s.health_record();
+                        let ipvs = in_ipvs(s.address, s.port);
+                        ServerStatus {
+                            label: s.label.clone(),
+                            address: s.address,
+                            port: s.port,
+                            weight: s.weight(),
+                            max_connections: s.max_connections(),
+                            health: h.health,
+                            state: s.admin(),
+                            connections: ipvs.map_or(s.active(), |i| i.active),
+                            total_connections: s.total(),
+                            last_failure: if h.health == Health::Up {
+                                None
+                            } else {
+                                h.last_failure
+                            },
+                            since: h
+                                .since
+                                .duration_since(UNIX_EPOCH)
+                                .map_or(0, |d| d.as_secs()),
+                            ipvs,
+                        }
+                    })
+                    .collect();
+                let fallback_ipvs = svc.fallback.and_then(|f| in_ipvs(f.address, f.port));
                 Some(ServiceStatus {
                     label: svc.label.clone(),
                     layer: svc.layer.number(),
@@ -338,14 +409,22 @@ impl Daemon {
                     ports: svc.ports.clone(),
                     scheduler: svc.scheduler.name().to_string(),
                     forwarding: match &svc.layer {
-                        Layer::Four { forwarding } => serde_json::to_value(forwarding)
+                        Layer::Four { forwarding, .. } => serde_json::to_value(forwarding)
                             .ok()
                             .and_then(|v| v.as_str().map(str::to_owned)),
                         Layer::Seven(_) => None,
                     },
-                    persistence: svc.persistence.as_ref().map(|p| config::duration::format(p.timeout)),
+                    persistence: svc
+                        .persistence
+                        .as_ref()
+                        .map(|p| config::duration::format(p.timeout)),
                     check: svc.check.probe.kind().to_string(),
-                    connections: c.active,
+                    connections: if l4 {
+                        real_servers.iter().map(|r| r.connections).sum::<u32>()
+                            + fallback_ipvs.map_or(0, |i| i.active)
+                    } else {
+                        c.active
+                    },
                     total_connections: c.total,
                     refused: c.refused,
                     queued: c.queued,
@@ -353,33 +432,15 @@ impl Daemon {
                         address: f.address,
                         port: f.port,
                         in_use: !any_up,
-                        connections: c.fallback_active,
+                        connections: fallback_ipvs.map_or(c.fallback_active, |i| i.active),
                         total_connections: c.fallback_total,
                     }),
-                    real_servers: servers
-                        .iter()
-                        .map(|s| {
-                            let h = s.health_record();
-                            ServerStatus {
-                                label: s.label.clone(),
-                                address: s.address,
-                                port: s.port,
-                                weight: s.weight(),
-                                max_connections: s.max_connections(),
-                                health: h.health,
-                                state: s.admin(),
-                                connections: s.active(),
-                                total_connections: s.total(),
-                                last_failure: if h.health == Health::Up { None } else { h.last_failure },
-                                since: h.since.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-                            }
-                        })
-                        .collect(),
-                    note: match svc.layer {
-                        Layer::Four { .. } => Some(
-                            "layer 4: health checks run; IPVS forwarding is not programmed by this version".into(),
-                        ),
-                        Layer::Seven(_) => None,
+                    real_servers,
+                    note: match (&svc.layer, &table) {
+                        (Layer::Four { .. }, Some(Err(e))) => {
+                            Some(format!("layer 4: not forwarded: {e}"))
+                        }
+                        _ => None,
                     },
                 })
             })
@@ -388,12 +449,46 @@ impl Daemon {
             version: env!("CARGO_PKG_VERSION").to_string(),
             config: self.opts.config.display().to_string(),
             services,
+            ipvs: match table {
+                Some(Ok(t)) => Some(t),
+                _ => None,
+            },
         }
     }
 }
 
+/// A Layer 4 server's entry in the kernel's table, summed over the service's ports.
+fn ipvs_counters(
+    kernel: &[ipvs::Service],
+    svc: &config::Service,
+    address: std::net::IpAddr,
+    port: Option<u16>,
+) -> Option<control::IpvsServerStatus> {
+    let mut found: Option<control::IpvsServerStatus> = None;
+    for &vport in &svc.ports {
+        let Some(k) = kernel
+            .iter()
+            .find(|k| k.key.address == svc.address && k.key.port == vport)
+        else {
+            continue;
+        };
+        let want = ipvs::DestKey {
+            address,
+            port: port.unwrap_or(vport),
+        };
+        if let Some(d) = k.dests.iter().find(|d| d.key == want) {
+            let f = found.get_or_insert_default();
+            f.weight = f.weight.max(d.spec.weight);
+            f.active += d.counters.active;
+            f.inactive += d.counters.inactive;
+            f.persistent += d.counters.persistent;
+        }
+    }
+    found
+}
+
 /// Starts, keeps or restarts the health monitor of each real server of `svc`.
-fn sync_monitors(entry: &mut Entry, svc: &config::Service) {
+fn sync_monitors(entry: &mut Entry, svc: &config::Service, changed: &Arc<Notify>) {
     let servers = entry.runtime.servers();
     entry.monitors.retain(|label, m| {
         let keep = servers
@@ -412,7 +507,12 @@ fn sync_monitors(entry: &mut Entry, svc: &config::Service) {
             }
             m.task.abort();
         }
-        let task = monitor::spawn(svc.label.clone(), server.clone(), spec.clone());
+        let task = monitor::spawn(
+            svc.label.clone(),
+            server.clone(),
+            spec.clone(),
+            changed.clone(),
+        );
         entry.monitors.insert(
             server.label.clone(),
             Monitor {

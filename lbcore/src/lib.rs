@@ -2,12 +2,14 @@
 //!
 //! - [`config`]: the one configuration model (TOML on /data) and its validation.
 //! - [`health`]: health-check probes (TCP, ping, DICOM C-ECHO, HL7/MLLP, HTTP, script).
+//! - [`ipvs`]: Layer 4 services on the kernel's IPVS (generic netlink), SNAT rules.
 pub mod addresses;
 pub mod admin_state;
 pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod health;
+pub mod ipvs;
 pub mod monitor;
 pub mod persistence;
 pub mod proxy;

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio::time::{Instant, sleep_until};
 use tracing::{info, warn};
@@ -40,11 +41,18 @@ impl MonitorSpec {
     }
 }
 
-pub fn spawn(service: String, server: Arc<Server>, spec: MonitorSpec) -> JoinHandle<()> {
-    tokio::spawn(run(service, server, spec))
+/// Starts the monitor; `changed` is notified at each change of the server's health
+/// (the daemon then brings IPVS in step).
+pub fn spawn(
+    service: String,
+    server: Arc<Server>,
+    spec: MonitorSpec,
+    changed: Arc<Notify>,
+) -> JoinHandle<()> {
+    tokio::spawn(run(service, server, spec, changed))
 }
 
-async fn run(service: String, server: Arc<Server>, spec: MonitorSpec) {
+async fn run(service: String, server: Arc<Server>, spec: MonitorSpec, changed: Arc<Notify>) {
     let check = &spec.check;
     let target = Target {
         service: spec.service,
@@ -52,6 +60,7 @@ async fn run(service: String, server: Arc<Server>, spec: MonitorSpec) {
     };
     if check.probe == Probe::None {
         if server.force_up() {
+            changed.notify_one();
             info!(service, server = %server.label, "server is up (no health check configured)");
         }
         return;
@@ -63,6 +72,7 @@ async fn run(service: String, server: Arc<Server>, spec: MonitorSpec) {
             .map_err(|e| e.to_string());
         let reason = result.as_ref().err().cloned();
         if let Some(now) = server.record_check(result, check.rise, check.fall) {
+            changed.notify_one();
             let kind = check.probe.kind();
             match now {
                 Health::Up => info!(

@@ -128,6 +128,12 @@ fn table(status: &Status) -> String {
             if r.state != AdminState::Online {
                 state = format!("{state},{}", r.state);
             }
+            if s.layer == 4 {
+                state = match &r.ipvs {
+                    Some(i) => format!("{state} (ipvs weight {})", i.weight),
+                    None => format!("{state} (not in ipvs)"),
+                };
+            }
             rows.push([
                 format!("  {}", r.label),
                 r.address.to_string(),
@@ -174,6 +180,38 @@ fn table(status: &Status) -> String {
     for n in notes {
         out.push_str(&n);
         out.push('\n');
+    }
+    if let Some(table) = &status.ipvs {
+        out.push_str(&ipvs_table(table));
+    }
+    out
+}
+
+/// The kernel's IPVS table as `ipvsadm -Ln` would show it, one line per entry.
+fn ipvs_table(table: &[lbcore::ipvs::Service]) -> String {
+    let mut out = String::from("IPVS table (kernel):\n");
+    if table.is_empty() {
+        out.push_str("  (empty)\n");
+    }
+    for svc in table {
+        out.push_str(&format!("  {} {}", svc.key, svc.spec.scheduler));
+        if let Some(t) = svc.spec.persistence {
+            out.push_str(&format!(" persistent {t} mask /{}", svc.spec.netmask));
+        }
+        out.push('\n');
+        for d in &svc.dests {
+            out.push_str(&format!(
+                "    -> {} {} weight {} upper {} lower {} active {} inactive {} persistent {}\n",
+                d.key,
+                format!("{:?}", d.spec.forward).to_lowercase(),
+                d.spec.weight,
+                d.spec.upper,
+                d.spec.lower,
+                d.counters.active,
+                d.counters.inactive,
+                d.counters.persistent
+            ));
+        }
     }
     out
 }

@@ -13,8 +13,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Check, Config, ConfigError, Endpoint, Forwarding, Invalid, Layer, Persistence, Probe,
-    ProxySettings, RealServer, Scheduler, Service, Span,
+    Check, Config, ConfigError, Endpoint, Forwarding, Invalid, Layer, OnFailure, Persistence,
+    Probe, ProxySettings, RealServer, Scheduler, Service, Span,
 };
 
 #[derive(Deserialize)]
@@ -37,6 +37,8 @@ struct RawService {
     port: Option<u16>,
     scheduler: Option<RawScheduler>,
     forwarding: Option<RawForwarding>,
+    /// Layer 4: `remove` (default) or `weight-zero` for a server that fails its check.
+    on_failure: Option<RawOnFailure>,
     persistence: Option<Spanned<RawPersistence>>,
     check: Option<Spanned<RawCheck>>,
     fallback: Option<Spanned<RawEndpoint>>,
@@ -67,6 +69,14 @@ enum RawForwarding {
     #[serde(alias = "masq")]
     Nat,
     Snat,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(rename_all = "kebab-case")]
+enum RawOnFailure {
+    Remove,
+    #[serde(alias = "inhibit")]
+    WeightZero,
 }
 
 #[derive(Deserialize)]
@@ -376,6 +386,10 @@ impl Validator<'_> {
                         RawForwarding::Nat => Forwarding::Nat,
                         RawForwarding::Snat => Forwarding::Snat,
                     },
+                    on_failure: match raw.on_failure.unwrap_or(RawOnFailure::Remove) {
+                        RawOnFailure::Remove => OnFailure::Remove,
+                        RawOnFailure::WeightZero => OnFailure::WeightZero,
+                    },
                 }
             }
             7 => {
@@ -383,6 +397,12 @@ impl Validator<'_> {
                     return Err(at.err(
                         "forwarding",
                         "applies only to layer 4 services (a layer 7 service always proxies)",
+                    ));
+                }
+                if raw.on_failure.is_some() {
+                    return Err(at.err(
+                        "on_failure",
+                        "applies only to layer 4 services (a layer 7 service stops using a failed server by itself)",
                     ));
                 }
                 Layer::Seven(self.proxy(at, &raw)?)
@@ -715,7 +735,7 @@ impl Validator<'_> {
                     ));
                 }
             }
-            Layer::Four { forwarding } => {
+            Layer::Four { forwarding, .. } => {
                 if max_connections != 0 && min_connections > max_connections {
                     return Err(at.err(
                         "min_connections",

@@ -43,7 +43,10 @@ pub struct Service {
 pub enum Layer {
     /// Kernel IPVS.
     #[serde(rename = "4")]
-    Four { forwarding: Forwarding },
+    Four {
+        forwarding: Forwarding,
+        on_failure: OnFailure,
+    },
     /// lbcore's own TCP proxy.
     #[serde(rename = "7")]
     Seven(ProxySettings),
@@ -65,6 +68,19 @@ pub enum Forwarding {
     DirectRouting,
     Nat,
     Snat,
+}
+
+/// What IPVS does with a Layer 4 real server whose health check fails (keepalived's
+/// `inhibit_on_failure` is `WeightZero`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnFailure {
+    /// The server leaves the IPVS table; with `expire_nodest_conn` its connections and
+    /// persistence entries expire at once.
+    #[default]
+    Remove,
+    /// The server stays with weight 0: no new clients, established flows stay.
+    WeightZero,
 }
 
 /// Settings of the Layer 7 TCP proxy that have no meaning at Layer 4.

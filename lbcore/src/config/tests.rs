@@ -75,7 +75,8 @@ fn guide_example_parses() {
     assert_eq!(
         dicom.layer,
         Layer::Four {
-            forwarding: Forwarding::DirectRouting
+            forwarding: Forwarding::DirectRouting,
+            on_failure: OnFailure::Remove,
         }
     );
     assert_eq!(dicom.real_servers.len(), 2);
@@ -252,11 +253,35 @@ fn layer4_forms_validate() {
     assert_eq!(
         s.layer,
         Layer::Four {
-            forwarding: Forwarding::Snat
+            forwarding: Forwarding::Snat,
+            on_failure: OnFailure::Remove,
         }
     );
     assert_eq!(s.persistence.as_ref().unwrap().netmask, Some(24));
     assert_eq!(s.real_servers[0].min_connections, 10);
+}
+
+#[test]
+fn layer4_on_failure() {
+    let base = "[[service]]\nlabel = \"X\"\nlayer = 4\naddress = \"10.0.0.1\"\nports = [104]\n";
+    for (value, want) in [
+        ("weight-zero", OnFailure::WeightZero),
+        ("inhibit", OnFailure::WeightZero),
+        ("remove", OnFailure::Remove),
+    ] {
+        let c = parse(&format!("{base}on_failure = \"{value}\"\n")).unwrap();
+        assert!(
+            matches!(c.services[0].layer, Layer::Four { on_failure, .. } if on_failure == want),
+            "{value}"
+        );
+    }
+    let e = error_of(&format!("{base}on_failure = \"drop\"\n"));
+    assert!(e.contains("unknown variant `drop`"), "{e}");
+    let e = error_of(&HEAD.replace("ports", "on_failure = \"remove\"\nports"));
+    assert!(
+        e.contains("on_failure") && e.contains("only to layer 4"),
+        "{e}"
+    );
 }
 
 #[test]
