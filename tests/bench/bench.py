@@ -48,18 +48,21 @@ LB_IP, CLIENT_IP, SERVER_IP = f"{SUBNET}.2", f"{SUBNET}.10", f"{SUBNET}.11"
 PORTS = {"bulk": 5001, "rate": 5002, "mllp": 2575, "dicom": 11112}
 PATHS = ("direct", "haproxy", "lbcore")
 OFFSET = {"direct": 0, "haproxy": 10000, "lbcore": 20000}
-MEM_PORT = 26002  # the fresh proxies of the memory test
+MEM_PORT = 26002
+HAPROXY_MAXPIPES = 256  # the fresh proxies of the memory test
 DICOM_AE = "BENCH-SCP"
 
 HAPROXY_GLOBAL = """\
 global
     nbthread 2
     maxconn {maxconn}
-    maxpipes 64
+    maxpipes {maxpipes}
+    tune.pipesize 262144
 
 defaults
     mode tcp
-    option splice-auto
+    option splice-request
+    option splice-response
     option tcpka
     timeout connect 3s
     timeout client 1h
@@ -77,8 +80,14 @@ def target(path, workload):
     return f"{host}:{PORTS[workload] + OFFSET[path]}"
 
 
-def haproxy_config(ports, maxconn):
-    text = HAPROXY_GLOBAL.format(maxconn=maxconn)
+def haproxy_maxconn():
+    # Two sockets per connection plus the pipe pool, within the open-file limit.
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    return max(1000, (soft - 2 * HAPROXY_MAXPIPES - 100) // 2)
+
+
+def haproxy_config(ports):
+    text = HAPROXY_GLOBAL.format(maxconn=haproxy_maxconn(), maxpipes=HAPROXY_MAXPIPES)
     for name, (listen, server) in ports.items():
         text += f"""
 frontend f_{name}
@@ -147,7 +156,7 @@ class Bench:
         s = self.server
         s.spawn([str(BIN / "lbbench"), "serve", "--bulk", f"{SERVER_IP}:{PORTS['bulk']}",
                  "--rate", f"{SERVER_IP}:{PORTS['rate']}", "--mllp", f"{SERVER_IP}:{PORTS['mllp']}"])
-        s.spawn(["storescp", "--aetitle", DICOM_AE, "--ignore", str(PORTS["dicom"])])
+        s.spawn(["env", "TCP_NODELAY=1", "storescp", "--aetitle", DICOM_AE, "--ignore", str(PORTS["dicom"])])
         for port in PORTS.values():
             wait_listening(s, port)
         self.proxy_pid["haproxy"] = self.start_haproxy(
@@ -159,11 +168,8 @@ class Bench:
             wait_listening(self.lb, p + OFFSET["lbcore"])
 
     def start_haproxy(self, ports, tag):
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        # Two sockets per connection, the pipe pool and a margin within the fd limit.
-        maxconn = max(1000, (soft - 2 * 64 - 100) // 2)
         cfg = self.tmp / f"haproxy-{tag}.cfg"
-        cfg.write_text(haproxy_config(ports, maxconn))
+        cfg.write_text(haproxy_config(ports))
         self.lb.run(["haproxy", "-c", "-q", "-f", str(cfg)])
         logf = open(self.tmp / f"haproxy-{tag}.log", "w")
         p = self.lb.spawn(["haproxy", "-db", "-f", str(cfg)], stdout=logf, stderr=subprocess.STDOUT)
@@ -217,12 +223,13 @@ class Bench:
     def dicom(self, path):
         host, port = target(path, "dicom").split(":")
         t0 = time.monotonic()
-        r = self.client.run(["storescu", "-aet", "BENCH-SCU", "-aec", DICOM_AE, "+sd", host, port, str(self.study)],
-                            timeout=120, check=False)
+        for _ in range(self.args.dicom_repeat):
+            r = self.client.run(["env", "TCP_NODELAY=1", "storescu", "-aet", "BENCH-SCU", "-aec", DICOM_AE,
+                                 "+sd", host, port, str(self.study)], timeout=120, check=False)
+            if r.returncode != 0:
+                raise RuntimeError(f"storescu via {path} failed: {r.stdout}{r.stderr}")
         elapsed = time.monotonic() - t0
-        if r.returncode != 0:
-            raise RuntimeError(f"storescu via {path} failed: {r.stdout}{r.stderr}")
-        return {"dicom": self.args.images / elapsed}
+        return {"dicom": self.args.images * self.args.dicom_repeat / elapsed}
 
     def make_study(self):
         self.study = self.tmp / "study"
@@ -251,15 +258,18 @@ class Bench:
 
     def memory(self):
         """Peak RSS of a fresh proxy holding many idle established connections."""
-        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-        # A proxied connection needs at least two descriptors in the proxy.
-        want = min(self.args.idle, (soft - 200) // 2)
+        # A proxied connection needs two descriptors in the proxy: as many as HAProxy's
+        # maxconn allows within the open-file limit, at most --idle.
+        want = min(self.args.idle, haproxy_maxconn() - 20)
         self.mem_target = want
         self.mem = {}
         port = {"rate": (MEM_PORT, PORTS["rate"])}
         for name, starter in (("haproxy", self.start_haproxy), ("lbcore", self.start_lbcore)):
             proc = starter(port, "mem")
-            wait_listening(self.lb, MEM_PORT)
+            try:
+                wait_listening(self.lb, MEM_PORT)
+            except AssertionError:
+                raise RuntimeError(f"{name} did not start: " + (self.tmp / f"{name}-mem.log").read_text()) from None
             time.sleep(0.5)
             base = status_kb(proc.pid, "VmRSS")
             hold = self.client.spawn([str(BIN / "lbbench"), "hold", f"{LB_IP}:{MEM_PORT}", "--count", str(want)],
@@ -458,6 +468,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--secs", type=float, default=3.0)
     ap.add_argument("--images", type=int, default=200)
+    ap.add_argument("--dicom-repeat", type=int, default=3, help="storescu runs (of the whole study) per measurement")
     ap.add_argument("--idle", type=int, default=10000)
     ap.add_argument("--only", default="", help="comma-separated: bulk1,bulk8,rate,hl7,dicom,memory (debugging)")
     ap.add_argument("--no-doc", action="store_true", help="print the table only")
