@@ -9,7 +9,10 @@
 """
 
 import subprocess
+import tarfile
 import time
+
+import pytest
 
 from imagelab import TOP, bootenv, disk_copy, note, overlay_bootenv, run
 
@@ -162,3 +165,39 @@ def test_grub_falls_back_when_slot_b_fails(image, vms, tmp_path):
     vm.stop()
     env = overlay_bootenv(vm.workdir, disk)
     assert env == {"boot_slot": "a", "good_slot": "a", "boot_tries": ""}, env
+
+
+def wizard_until_summary(con):
+    """Answers the wizard up to its summary, which names the NIC init found."""
+    con.expect(r"=== Medical load balancer: first-boot setup ===", BOOT_TIMEOUT)
+    con.answer(r"Network mode \(dhcp/static\)", "static")
+    con.answer(r"IPv4 address with prefix or netmask", f"{GUEST}/24")
+    con.answer(r"Gateway \(empty for none\)", "")
+    con.answer(r"DNS servers, comma-separated \(empty for none\)", "")
+    con.answer(r"Hostname", "lbformat")
+    con.answer(r"Admin password \(at least 8 characters\)", PASSWORD)
+    con.answer(r"Repeat admin password", PASSWORD)
+    con.expect(r"interface:\s+eth0", 30)
+
+
+@pytest.mark.parametrize(
+    "fmt,firmware,nic",
+    [("vmdk", "bios", "vmxnet3"), ("vhdx", "uefi", "e1000e")],
+    ids=["vmware-ova-vmdk-bios-vmxnet3", "hyperv-vhdx-uefi-e1000e"],
+)
+def test_shipped_format_boots_to_the_wizard(image, vms, netns, tmp_path, fmt, firmware, nic):
+    """The disks users import boot as shipped: the OVA's VMDK under BIOS with a VMXNET3
+    NIC (VMware's defaults), the VHDX under UEFI (Hyper-V Gen 2)."""
+    if fmt == "vmdk":
+        with tarfile.open(image / "medlb.ova") as tar:
+            tar.extract("medlb-disk1.vmdk", tmp_path)
+        disk = tmp_path / "medlb-disk1.vmdk"
+    else:
+        disk = image / "medlb.vhdx"
+    vm = vms(disk, firmware=firmware, netns=netns, tap="lbtap0", extra=("--nic", nic))
+    con = vm.console
+    con.expect(r"medlb: booting slot a", BOOT_TIMEOUT)
+    m = con.expect(r"init [^\n]* starting as pid 1 \(uptime ([\d.]+) s\)", BOOT_TIMEOUT)
+    note(f"{fmt} ({firmware}, {nic}): init started at guest uptime {m.group(1)} s")
+    con.expect(r"data: /dev/vda5 mounted, formatted", 60)
+    wizard_until_summary(con)
