@@ -182,8 +182,8 @@ def ipvs_table(con):
     assert "IPVS table (kernel):" in text, text
     table, current = {}, None
     for line in text.split("IPVS table (kernel):", 1)[1].splitlines():
-        s = re.match(r"  (TCP \S+) (\w+)", line)
-        d = re.match(r"    -> (\S+) (\w+) weight (\d+) upper (\d+) lower (\d+) active (\d+) inactive (\d+)", line)
+        s = re.match(r"\s+(TCP \S+) (\w+)", line)
+        d = re.match(r"\s+-> (\S+) (\w+) weight (\d+) upper (\d+) lower (\d+) active (\d+) inactive (\d+)", line)
         if s:
             current = table.setdefault(s.group(1), {})
         elif d and current is not None:
@@ -294,6 +294,7 @@ def test_layer4_dr_nat_snat_in_the_appliance(image, vms, netns, tmp_path):
         assert peers == {CLIENT}, f"NAT: the real server sees the client's own address: {got}"
         assert sum(len(a) for a in got.values()) == 2, got
         table, text = ipvs_table(con)
-        note("Layer 4: IPVS table at the end:\n" + text.split("IPVS table (kernel):", 1)[1].rstrip())
+        end = text.split("IPVS table (kernel):", 1)[1].strip("\n").split("\n\n")[0]
+        note("Layer 4: IPVS table at the end:\n" + end)
     finally:
         topo.close()

@@ -121,8 +121,27 @@ impl Manager {
         if nat && !self.nat_sysctls_done {
             // NAT: replies from the real servers are forwarded back to the clients;
             // SNAT: netfilter's NAT must see IPVS's connections
-            self.nat_sysctls_done =
-                set_sysctls(&[("net/ipv4/ip_forward", "1"), ("net/ipv4/vs/conntrack", "1")]);
+            let mut list = vec![
+                ("net/ipv4/ip_forward".to_string(), "1"),
+                ("net/ipv4/vs/conntrack".to_string(), "1"),
+            ];
+            // a reply from a real server leaves by the interface it came in on: without
+            // this the appliance would send the real server an ICMP redirect to the
+            // client's gateway, and the rest of the replies would bypass IPVS
+            // (all/default and every interface: the kernel ORs them)
+            for dir in ["all", "default"] {
+                list.push((format!("net/ipv4/conf/{dir}/send_redirects"), "0"));
+            }
+            if let Ok(dirs) = std::fs::read_dir("/proc/sys/net/ipv4/conf") {
+                for d in dirs.flatten() {
+                    let name = d.file_name().to_string_lossy().into_owned();
+                    if name != "all" && name != "default" {
+                        list.push((format!("net/ipv4/conf/{name}/send_redirects"), "0"));
+                    }
+                }
+            }
+            let list: Vec<(&str, &str)> = list.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+            self.nat_sysctls_done = set_sysctls(&list);
         }
         let kernel = match ipvs.table() {
             Ok(t) => t,
