@@ -4,6 +4,7 @@ console, VMs started with qemu/run, disk copies and the GRUB environment."""
 import os
 import re
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -172,3 +173,19 @@ def overlay_bootenv(vm_workdir, disk):
     finally:
         flat.unlink()
     return dict(line.split("=", 1) for line in env.splitlines())
+
+
+def gpt_partition(disk, name):
+    """(offset, size) in bytes of the GPT partition called `name`."""
+    with open(disk, "rb") as f:
+        f.seek(512)
+        hdr = f.read(512)
+        lba, count, size = struct.unpack_from("<QII", hdr, 72)
+        f.seek(lba * 512)
+        table = f.read(count * size)
+    for i in range(count):
+        e = table[i * size : (i + 1) * size]
+        if e[56:128].decode("utf-16-le").rstrip("\0") == name:
+            first, last = struct.unpack_from("<QQ", e, 32)
+            return first * 512, (last - first + 1) * 512
+    raise AssertionError(f"no partition {name}")

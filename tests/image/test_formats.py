@@ -8,7 +8,7 @@ import subprocess
 import tarfile
 import xml.etree.ElementTree as ET
 
-from imagelab import BIN_DIR, TOP, note, run
+from imagelab import BIN_DIR, BOOTENV, TOP, bootenv, disk_copy, gpt_partition, note, run
 
 OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
 RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"
@@ -113,3 +113,27 @@ def test_initramfs_contents(image, tmp_path):
     for mod in ("virtio_net.ko", "vmxnet3.ko", "hv_netvsc.ko", "ip_vs.ko", "nf_tables.ko", "ext4.ko", "bonding.ko"):
         assert any(k.endswith("/" + mod) for k in kos), mod
     assert not any(f.endswith(("/sh", "/bash", "/busybox")) for f in files)
+
+
+def test_bootenv_edits_grubenv_in_place(image, tmp_path):
+    """bootenv (init's mark-good hook, the update agent's slot switch) rewrites GRUB's
+    environment block inside the ESP without mounting it; grub-editenv reads the result
+    back from the FAT file system, and the file system stays clean."""
+    run("cargo", "test", "-q", "--release", "--manifest-path", TOP / "image" / "bootenv" / "Cargo.toml",
+        "--target-dir", image / "work" / "bootenv", timeout=600)
+    disk = disk_copy(image, tmp_path)
+    assert bootenv(disk, "show").splitlines() == ["boot_slot=a", "good_slot=a", "boot_tries="]
+    bootenv(disk, "try", "b", "3")
+    offset, _ = gpt_partition(disk, "esp")
+    esp = f"{disk}@@{offset}"
+    run("mcopy", "-n", "-i", esp, "::/grub/grubenv", tmp_path / "grubenv")
+    listed = run("grub-editenv", tmp_path / "grubenv", "list").stdout.splitlines()
+    assert sorted(listed) == ["boot_slot=b", "boot_tries=3", "good_slot=a"], listed
+    assert (tmp_path / "grubenv").stat().st_size == 1024
+    part = tmp_path / "esp.vfat"
+    run("dd", f"if={disk}", f"of={part}", "bs=1M", f"skip={offset}", "count=32", "iflag=skip_bytes", "status=none")
+    run("fsck.vfat", "-n", part)
+    # not booted from a slot (no lb.slot= on this machine's command line): no change
+    out = run(BOOTENV, "--device", disk, "mark-good").stdout
+    assert "nothing to do" in out
+    assert "boot_tries=3" in bootenv(disk, "show")

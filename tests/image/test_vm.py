@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from imagelab import TOP, bootenv, disk_copy, note, overlay_bootenv, run
+from imagelab import TOP, bootenv, disk_copy, gpt_partition, note, overlay_bootenv, run
 
 GUEST = "10.99.7.10"
 PASSWORD = "correct-horse-42"
@@ -116,24 +116,6 @@ def test_uefi_first_boot(image, vms, netns):
     service_status(con)
     menu(con, "5", r"Shut down now\? \(yes/no\)")
     assert vm.wait_exit(120) == 0
-
-
-def gpt_partition(disk, name):
-    """(offset, size) in bytes of the GPT partition called `name`."""
-    import struct
-
-    with open(disk, "rb") as f:
-        f.seek(512)
-        hdr = f.read(512)
-        lba, count, size = struct.unpack_from("<QII", hdr, 72)
-        f.seek(lba * 512)
-        table = f.read(count * size)
-    for i in range(count):
-        e = table[i * size : (i + 1) * size]
-        if e[56:128].decode("utf-16-le").rstrip("\0") == name:
-            first, last = struct.unpack_from("<QQ", e, 32)
-            return first * 512, (last - first + 1) * 512
-    raise AssertionError(f"no partition {name}")
 
 
 def test_grub_falls_back_when_slot_b_fails(image, vms, tmp_path):
