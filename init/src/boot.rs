@@ -37,17 +37,31 @@ fn step<T>(name: &str, f: impl FnOnce() -> T) -> T {
 }
 
 /// PID 1's entry: never returns unless `--exit-on-shutdown`.
+///
+/// Should the main loop ever panic (a bug), init logs it and keeps the one duty
+/// that must never stop: reaping children. The kernel would panic if PID 1 exited.
 pub fn main(opts: Options) {
+    std::panic::set_hook(Box::new(|p| {
+        crate::log::write("init", &format!("internal error: {p}"));
+    }));
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     match rt {
-        Ok(rt) => rt.block_on(run(opts)),
+        Ok(rt) => {
+            let r =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| rt.block_on(run(opts))));
+            if r.is_err() {
+                info!("the main loop failed; only reaping children from now on");
+            }
+        }
         Err(e) => info!("cannot start the runtime: {e}"),
     }
-    // Only reached if the loop ended without a shutdown: stay alive.
     loop {
-        std::thread::sleep(Duration::from_secs(3600));
+        match nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(-1), None) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => std::thread::sleep(Duration::from_secs(1)),
+        }
     }
 }
 

@@ -83,8 +83,14 @@ pub fn grow_last(
         .write(true)
         .open(disk)
         .map_err(io)?;
+    if !(512..=65536).contains(&sector) || !sector.is_power_of_two() {
+        return Err(GptError::Damaged(name, "sector size"));
+    }
     let ss = sector as usize;
     let total = size / sector;
+    if total < 128 {
+        return Ok(None);
+    }
     let mut hdr = vec![0u8; ss];
     f.seek(SeekFrom::Start(sector)).map_err(io)?;
     f.read_exact(&mut hdr).map_err(io)?;
@@ -116,7 +122,9 @@ pub fn grow_last(
     }
     let entry_sectors = (entries.len() as u64).div_ceil(sector);
     let new_backup = total - 1;
-    let new_last_usable = new_backup - entry_sectors - 1;
+    let Some(new_last_usable) = new_backup.checked_sub(entry_sectors + 1) else {
+        return Ok(None);
+    };
     if backup_lba == new_backup || new_last_usable <= last_usable {
         return Ok(None);
     }
@@ -137,8 +145,10 @@ pub fn grow_last(
         }
     }
     let align = (ALIGN_BYTES / sector).max(1);
-    let new_last = (new_last_usable + 1) / align * align - 1;
-    let new_last = if new_last > last { new_last } else { last };
+    let new_last = ((new_last_usable + 1) / align * align).saturating_sub(1);
+    if new_last <= last {
+        return Ok(None);
+    }
     put_u64(&mut entries[idx * esize..], 40, new_last);
     let ecrc = crc32(&entries);
 

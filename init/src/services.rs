@@ -94,21 +94,28 @@ pub struct Service {
     pub ready: Option<Ready>,
 }
 
+/// No delay or timeout is longer than a day (keeps time arithmetic far from overflow).
+const MAX_MS: u64 = 86_400_000;
+
+fn ms(v: u64) -> Duration {
+    Duration::from_millis(v.min(MAX_MS))
+}
+
 impl Service {
     pub fn backoff_initial(&self) -> Duration {
-        Duration::from_millis(self.backoff_initial_ms)
+        ms(self.backoff_initial_ms)
     }
     pub fn backoff_max(&self) -> Duration {
-        Duration::from_millis(self.backoff_max_ms.max(self.backoff_initial_ms))
+        ms(self.backoff_max_ms.max(self.backoff_initial_ms))
     }
     pub fn reset_after(&self) -> Duration {
-        Duration::from_millis(self.reset_after_ms)
+        ms(self.reset_after_ms)
     }
     pub fn stop_timeout(&self) -> Duration {
-        Duration::from_millis(self.stop_timeout_ms)
+        ms(self.stop_timeout_ms)
     }
     pub fn ready_timeout(&self) -> Duration {
-        Duration::from_millis(self.ready.as_ref().map_or(30_000, |r| r.timeout_ms))
+        ms(self.ready.as_ref().map_or(30_000, |r| r.timeout_ms))
     }
 }
 

@@ -306,7 +306,7 @@ impl Supervisor {
             s.restarts,
             s.backoff.as_millis()
         );
-        s.backoff = (s.backoff * 2).min(s.cfg.backoff_max());
+        s.backoff = s.backoff.saturating_mul(2).min(s.cfg.backoff_max());
     }
 
     /// A readiness line was seen.
@@ -454,7 +454,7 @@ impl Supervisor {
                 s.restarts += 1;
                 s.state = State::Backoff;
                 s.deadline = Some(now + s.backoff);
-                s.backoff = (s.backoff * 2).min(s.cfg.backoff_max());
+                s.backoff = s.backoff.saturating_mul(2).min(s.cfg.backoff_max());
             }
         }
     }
