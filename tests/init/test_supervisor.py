@@ -4,9 +4,10 @@ orderly shutdown in reverse dependency order."""
 import os
 import re
 import signal
+import subprocess
 import time
 
-from conftest import proc_state, wait_for
+from conftest import INIT, proc_state, wait_for
 
 
 def test_killed_service_is_restarted_with_backoff(pid1):
@@ -117,3 +118,21 @@ args = ["1000"]
     assert p.ctl("list")["ready"] is True
     assert p.ctl("poweroff")["ok"]
     assert p.proc.wait(timeout=20) == 0
+
+
+def test_poweroff_command_by_argv0(pid1, tmp_path):
+    """/sbin/poweroff is a link to init: it asks the running init to shut down."""
+    p = pid1("""
+[[service]]
+name = "s"
+command = "/bin/sleep"
+args = ["1000"]
+""")
+    p.wait_log(r"services ready in")
+    link = tmp_path / "poweroff"
+    link.symlink_to(INIT)
+    r = subprocess.run([str(link)], env=dict(os.environ, INIT_RUN=str(p.run)),
+                       capture_output=True, text=True, timeout=10)
+    assert r.returncode == 0, r.stderr
+    assert p.proc.wait(timeout=20) == 0
+    assert "shutdown requested: power off" in p.text()

@@ -243,3 +243,36 @@ def test_console_closed_midway_in_pid1_writes_nothing(tmp_path):
         if p:
             p.cleanup()
         os.close(slave)
+
+
+def test_two_consoles_first_to_finish_wins(tmp_path):
+    """The wizard runs on every console at once (VGA and serial); the first to
+    confirm writes the settings and the other is told so and shows the menu."""
+    m1, s1, p1 = open_console()
+    m2, s2, p2 = open_console()
+    p = None
+    try:
+        p = Pid1(tmp_path, "", console=f"{p1},{p2}")
+        serial = pexpect.fdpexpect.fdspawn(m1, timeout=15, encoding="utf-8")
+        vga = pexpect.fdpexpect.fdspawn(m2, timeout=15, encoding="utf-8")
+        answer(vga, "Network mode (dhcp/static): ", "static")  # someone starts on VGA ...
+        answer(serial, "Network mode (dhcp/static): ", "dhcp")  # ... the serial line wins
+        answer(serial, "Hostname: ", "serial-wins")
+        answer(serial, "Admin password (at least 8 characters): ", PASSWORD)
+        answer(serial, "Repeat admin password: ", PASSWORD)
+        answer(serial, "Apply these settings? (yes/no): ", "yes")
+        serial.expect_exact("Settings saved.")
+        vga.expect_exact("Setup was completed on another console.")
+        vga.expect_exact("Choice (1-5): ")
+        serial.expect_exact("Choice (1-5): ")
+        net = tomllib.loads((p.data / "config/network.toml").read_text())
+        assert net["hostname"] == "serial-wins"
+        assert p.terminate() == 0
+    finally:
+        if p:
+            p.cleanup()
+        for fd in (m1, s1, m2, s2):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
