@@ -4,11 +4,13 @@
 //! are already established keep running untouched.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Instant;
 
 use tokio::sync::Notify;
+use tokio::sync::futures::Notified;
+use tracing::{info, warn};
 
 use crate::config;
 use crate::persistence::PersistenceTable;
@@ -29,6 +31,9 @@ pub struct ServiceRuntime {
     total: AtomicU64,
     fallback_active: AtomicU32,
     fallback_total: AtomicU64,
+    /// Whether new connections currently go to the fallback server (for logging the
+    /// change once rather than per connection).
+    fallback_in_use: AtomicBool,
     refused: AtomicU64,
     queued: AtomicU32,
     /// Signalled whenever a connection to a real server ends, for queued clients.
@@ -65,6 +70,7 @@ impl ServiceRuntime {
             total: AtomicU64::new(0),
             fallback_active: AtomicU32::new(0),
             fallback_total: AtomicU64::new(0),
+            fallback_in_use: AtomicBool::new(false),
             refused: AtomicU64::new(0),
             queued: AtomicU32::new(0),
             slot_freed: Notify::new(),
@@ -126,30 +132,16 @@ impl ServiceRuntime {
             .iter()
             .filter(|s| s.takes_new_connections())
             .collect();
-        if open.is_empty() {
-            drop(sel);
-            let settings = self.settings();
-            return match settings.fallback {
-                Some(fb) if tried.is_empty() => {
-                    self.fallback_active.fetch_add(1, Ordering::Relaxed);
-                    self.fallback_total.fetch_add(1, Ordering::Relaxed);
-                    Choice::Fallback(
-                        fb,
-                        FallbackLease {
-                            service: self.clone(),
-                        },
-                    )
-                }
-                _ => Choice::Unavailable,
-            };
-        }
         let untried: Vec<&Arc<Server>> = open
             .iter()
             .copied()
             .filter(|s| !tried.iter().any(|t| Arc::ptr_eq(t, s)))
             .collect();
         if untried.is_empty() {
-            return Choice::Unavailable;
+            // No real server can take the connection: none is up and online, or every
+            // one that is has just failed to connect (checks have not caught up yet).
+            drop(sel);
+            return self.fallback(open.is_empty());
         }
         let candidates: Vec<&Arc<Server>> = untried
             .iter()
@@ -190,6 +182,41 @@ impl ServiceRuntime {
         })
     }
 
+    fn fallback(self: &Arc<Self>, none_open: bool) -> Choice {
+        let Some(fb) = self.settings().fallback else {
+            return Choice::Unavailable;
+        };
+        if !self.fallback_in_use.swap(true, Ordering::Relaxed) {
+            let why = if none_open {
+                "no real server is up and online"
+            } else {
+                "every available real server failed to connect"
+            };
+            warn!(service = %self.label, fallback = %fb.address, "{why}: new connections go to the fallback server");
+        }
+        self.fallback_active.fetch_add(1, Ordering::Relaxed);
+        self.fallback_total.fetch_add(1, Ordering::Relaxed);
+        Choice::Fallback(
+            fb,
+            FallbackLease {
+                service: self.clone(),
+            },
+        )
+    }
+
+    /// A real server took a connection: if the fallback was in use, it no longer is.
+    pub fn real_server_connected(&self) {
+        if self.fallback_in_use.swap(false, Ordering::Relaxed) {
+            info!(service = %self.label, "a real server is available again: new connections go to it, not to the fallback server");
+        }
+    }
+
+    /// A wake-up for when a slot may have been freed. Create (and enable) it before
+    /// [`ServiceRuntime::choose`] can return `Full`, so that a slot freed in between is not missed.
+    pub fn slot_notified(&self) -> Notified<'_> {
+        self.slot_freed.notified()
+    }
+
     /// Registers a client waiting for a free slot; `None` when the queue is full.
     pub fn enqueue(self: &Arc<Self>) -> Option<QueueTicket> {
         let limit = self.settings().proxy().map_or(0, |p| p.queue_size);
@@ -212,10 +239,6 @@ impl ServiceRuntime {
                 Err(now) => current = now,
             }
         }
-    }
-
-    pub async fn slot_freed(&self) {
-        self.slot_freed.notified().await
     }
 
     /// Counts a client connection for the service as a whole.

@@ -380,3 +380,13 @@ def test_sighup_reloads(lab, lbcore, peers):
     lb.wait_health("APP", "RS2", "up")
     assert who(lab) == "RS2"
     assert "SIGHUP: reloading" in lb.log()
+
+
+def test_fallback_when_every_up_server_fails_to_connect(lab, lbcore, peers):
+    """A server that died a moment ago still looks up until its checks fail: the client
+    still reaches the fallback server instead of being refused."""
+    peers("fb")
+    lb = lbcore(config(("rs1",), lab=lab, check='{ kind = "none" }', fallback=lab.hosts["fb"].address))
+    assert [who(lab) for _ in range(3)] == ["FB"] * 3
+    log = lb.log()
+    assert log.count("new connections go to the fallback server") == 1, log

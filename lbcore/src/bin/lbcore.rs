@@ -81,18 +81,27 @@ fn main() -> ExitCode {
     match runtime.block_on(daemon::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("lbcore: {e:#}");
             ExitCode::from(2)
         }
     }
 }
 
-/// Every proxied connection holds two sockets and two pipes: lift the soft limit on
-/// open files to the hard limit.
+/// Every proxied connection holds two sockets and two pipes: lift the open-file limit.
+/// As root (the appliance) the hard limit is raised too, up to the kernel's `nr_open`;
+/// otherwise the soft limit goes up to the hard one.
 fn raise_file_limit() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
-    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+    let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|t| t.trim().parse::<u64>().ok())
+        .unwrap_or(hard)
+        .min(1 << 20);
+    let wanted = ceiling.max(hard);
+    if setrlimit(Resource::RLIMIT_NOFILE, wanted, wanted).is_err() {
         if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
             tracing::warn!("cannot raise the open-file limit to {hard}: {e}");
         }

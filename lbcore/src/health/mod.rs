@@ -87,8 +87,13 @@ pub(crate) struct Deadline {
 
 impl Deadline {
     pub(crate) fn after(budget: Duration) -> Self {
+        let now = Instant::now();
         Deadline {
-            at: Instant::now() + budget,
+            // Validation bounds check timeouts; should an absurd budget get here anyway,
+            // a deadline a year away is as good as none and cannot overflow.
+            at: now
+                .checked_add(budget)
+                .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400)),
             budget,
         }
     }

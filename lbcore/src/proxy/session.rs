@@ -17,7 +17,7 @@ use crate::config::ProxySettings;
 use crate::server::{AdminState, Server};
 use crate::service::{Choice, ServiceRuntime};
 
-/// How often a queued client looks again even without a wake-up.
+/// How often a queued client looks again even without a wake-up (a safety net).
 const QUEUE_POLL: Duration = Duration::from_millis(100);
 
 pub async fn serve(
@@ -37,20 +37,27 @@ pub async fn serve(
 
     let mut tried: Vec<Arc<Server>> = Vec::new();
     let mut queue_deadline: Option<Instant> = None;
-    let mut _ticket = None;
+    // Held while this client waits in the queue; dropping it leaves the queue.
+    let mut queue_place = None;
     loop {
+        // Armed before choosing, so that a slot freed between the choice and the wait
+        // still wakes us.
+        let slot_freed = service.slot_notified();
+        tokio::pin!(slot_freed);
+        slot_freed.as_mut().enable();
         match service.choose(peer.ip(), &tried) {
             Choice::Server(lease) => {
                 let server = lease.server().clone();
                 let target = server.socket_addr(local_port);
                 // Subscribed before connecting, so that a Halt during the connect is seen.
                 let mut halted = server.halt_signal();
-                match connect(target, &proxy).await {
+                let failure = match connect(target, &proxy).await {
+                    Ok(_) if server.admin() == AdminState::Halt => {
+                        "server halted while connecting".to_string()
+                    }
                     Ok(upstream) => {
-                        _ticket = None;
-                        if server.admin() == AdminState::Halt {
-                            return;
-                        }
+                        drop(queue_place.take());
+                        service.real_server_connected();
                         debug!(service = %service.label, %peer, server = %server.label, "connected");
                         tokio::select! {
                             r = relay(&client, &upstream) => log_end(&service.label, peer, &server.label, r),
@@ -61,26 +68,25 @@ pub async fn serve(
                         }
                         return;
                     }
-                    Err(e) => {
-                        warn!(
-                            service = %service.label, %peer, server = %server.label, %target,
-                            "cannot connect: {e}; trying another server"
-                        );
-                        drop(lease);
-                        tried.push(server);
-                        if tried.len() > proxy.retries as usize {
-                            service.count_refused();
-                            warn!(service = %service.label, %peer, "connection refused: {} attempts failed", tried.len());
-                            return;
-                        }
-                    }
+                    Err(e) => e.to_string(),
+                };
+                warn!(
+                    service = %service.label, %peer, server = %server.label, %target,
+                    "cannot connect: {failure}; trying another server"
+                );
+                drop(lease);
+                tried.push(server);
+                if tried.len() > proxy.retries as usize {
+                    service.count_refused();
+                    warn!(service = %service.label, %peer, "connection refused: {} attempts failed", tried.len());
+                    return;
                 }
             }
             Choice::Fallback(endpoint, _lease) => {
                 let target = endpoint.socket_addr(local_port);
                 match connect(target, &proxy).await {
                     Ok(upstream) => {
-                        info!(service = %service.label, %peer, %target, "no real server is up: using the fallback server");
+                        debug!(service = %service.label, %peer, %target, "connected to the fallback server");
                         log_end(
                             &service.label,
                             peer,
@@ -98,9 +104,9 @@ pub async fn serve(
             Choice::Full => {
                 let deadline =
                     *queue_deadline.get_or_insert_with(|| Instant::now() + proxy.queue_timeout);
-                if _ticket.is_none() {
-                    _ticket = service.enqueue();
-                    if _ticket.is_none() {
+                if queue_place.is_none() {
+                    queue_place = service.enqueue();
+                    if queue_place.is_none() {
                         service.count_refused();
                         warn!(service = %service.label, %peer, "connection refused: every server is at max_connections and the queue is full");
                         return;
@@ -115,14 +121,15 @@ pub async fn serve(
                     );
                     return;
                 }
-                let _ = timeout((deadline - now).min(QUEUE_POLL), service.slot_freed()).await;
+                // The poll interval is only a safety net; a freed slot wakes us at once.
+                let _ = timeout((deadline - now).min(QUEUE_POLL), slot_freed).await;
             }
             Choice::Unavailable => {
                 service.count_refused();
                 if tried.is_empty() {
                     warn!(service = %service.label, %peer, "connection refused: no real server is available (down, drained or halted) and there is no fallback");
                 } else {
-                    warn!(service = %service.label, %peer, "connection refused: every available server failed to connect");
+                    warn!(service = %service.label, %peer, "connection refused: every available server failed to connect and there is no fallback");
                 }
                 return;
             }
