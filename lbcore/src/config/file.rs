@@ -302,6 +302,32 @@ fn check_address(at: &At, field: &str, address: IpAddr) -> Result<(), ConfigErro
     Ok(())
 }
 
+/// A duration within `[min, max]`; `max` keeps every deadline computed from it sane.
+fn check_span(
+    at: &At,
+    field: &str,
+    span: Span,
+    min: std::time::Duration,
+    max: std::time::Duration,
+) -> Result<std::time::Duration, ConfigError> {
+    let d = span.0;
+    if d < min || d > max {
+        let low = if min.is_zero() {
+            "longer than 0s".to_string()
+        } else {
+            format!("at least {}", Span(min))
+        };
+        return Err(at.err(
+            field,
+            format!("must be {low} and at most {}, got {span}", Span(max)),
+        ));
+    }
+    Ok(d)
+}
+
+const MS: fn(u64) -> std::time::Duration = std::time::Duration::from_millis;
+const SECS: fn(u64) -> std::time::Duration = std::time::Duration::from_secs;
+
 fn check_port(at: &At, field: &str, port: u16) -> Result<(), ConfigError> {
     if port == 0 {
         return Err(at.err(field, "port 0 is not a valid port (use 1 to 65535)"));
@@ -433,9 +459,13 @@ impl Validator<'_> {
             Some(p) => {
                 let pat = at.nested(p.span(), String::new());
                 let p = p.into_inner();
-                if p.timeout.0.is_zero() {
-                    return Err(pat.err("persistence.timeout", "must be longer than 0s"));
-                }
+                check_span(
+                    &pat,
+                    "persistence.timeout",
+                    p.timeout,
+                    MS(1),
+                    SECS(30 * 86_400),
+                )?;
                 if let Some(mask) = p.netmask {
                     if matches!(layer, Layer::Seven(_)) {
                         return Err(
@@ -526,10 +556,7 @@ impl Validator<'_> {
     fn proxy(&self, at: &At, raw: &RawService) -> Result<ProxySettings, ConfigError> {
         let mut p = ProxySettings::default();
         if let Some(t) = raw.connect_timeout {
-            if t.0.is_zero() {
-                return Err(at.err("connect_timeout", "must be longer than 0s"));
-            }
-            p.connect_timeout = t.0;
+            p.connect_timeout = check_span(at, "connect_timeout", t, MS(1), SECS(600))?;
         }
         if let Some(r) = raw.retries {
             p.retries = r;
@@ -546,17 +573,12 @@ impl Validator<'_> {
                 p.queue_size = size;
             }
             if let Some(t) = q.timeout {
-                if t.0.is_zero() {
-                    return Err(qat.err("queue.timeout", "must be longer than 0s"));
-                }
-                p.queue_timeout = t.0;
+                p.queue_timeout = check_span(&qat, "queue.timeout", t, MS(1), SECS(600))?;
             }
         }
         if let Some(k) = raw.keepalive {
-            if k.0.as_secs() < 1 {
-                return Err(at.err("keepalive", "must be at least 1s"));
-            }
-            p.keepalive_idle = k.0;
+            // TCP_KEEPIDLE takes whole seconds up to 32767.
+            p.keepalive_idle = check_span(at, "keepalive", k, SECS(1), SECS(32_767))?;
         }
         Ok(p)
     }
@@ -598,16 +620,10 @@ impl Validator<'_> {
 
         let mut check = Check::default();
         if let Some(i) = raw.interval {
-            if i.0 < std::time::Duration::from_millis(100) {
-                return Err(at.err("check.interval", format!("must be at least 100ms, got {i}")));
-            }
-            check.interval = i.0;
+            check.interval = check_span(at, "check.interval", i, MS(100), SECS(3600))?;
         }
         if let Some(t) = raw.timeout {
-            if t.0 < std::time::Duration::from_millis(10) {
-                return Err(at.err("check.timeout", format!("must be at least 10ms, got {t}")));
-            }
-            check.timeout = t.0;
+            check.timeout = check_span(at, "check.timeout", t, MS(10), SECS(600))?;
         }
         for (value, field) in [(raw.rise, "rise"), (raw.fall, "fall")] {
             if let Some(n) = value {
@@ -648,10 +664,11 @@ impl Validator<'_> {
                             "must be an HL7 v2 message starting with an MSH segment",
                         ));
                     }
-                    if m.split(['\r', '\n'])
-                        .next()
-                        .is_some_and(|msh| msh.split('|').nth(9).is_none())
-                    {
+                    if m.split(['\r', '\n']).next().is_some_and(|msh| {
+                        // MSH-1, the field separator, is the character after "MSH".
+                        let sep = msh[3..].chars().next().unwrap_or('|');
+                        msh.split(sep).nth(9).is_none()
+                    }) {
                         return Err(at.err(
                             "check.message",
                             "the MSH segment needs a message control ID (MSH-10) for the ACK to echo",

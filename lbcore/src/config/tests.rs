@@ -151,7 +151,7 @@ fn wrong_types_and_values_are_named() {
         ),
         (
             &format!("{HEAD}persistence = {{ timeout = \"0s\" }}\n"),
-            &["persistence.timeout", "longer than 0s"],
+            &["persistence.timeout", "at least 1ms", "got 0ms"],
         ),
         (
             &format!(
@@ -166,6 +166,22 @@ fn wrong_types_and_values_are_named() {
         (
             &format!("{HEAD}check = {{ kind = \"tcp\", rise = 0 }}\n"),
             &["check.rise", "from 1 to 100"],
+        ),
+        (
+            &format!("{HEAD}check = {{ kind = \"tcp\", timeout = 9223372036854775807 }}\n"),
+            &["check.timeout", "at most 10m"],
+        ),
+        (
+            &format!("{HEAD}check = {{ kind = \"tcp\", interval = \"50ms\" }}\n"),
+            &["check.interval", "at least 100ms", "got 50ms"],
+        ),
+        (
+            &format!("{HEAD}queue = {{ timeout = \"2h\" }}\n"),
+            &["queue.timeout", "at most 10m"],
+        ),
+        (
+            &format!("{HEAD}keepalive = \"1d\"\n"),
+            &["keepalive", "at most"],
         ),
         (
             &format!("{HEAD}check = {{ kind = \"smoke-signal\" }}\n"),
@@ -243,6 +259,16 @@ fn wrong_types_and_values_are_named() {
             );
         }
     }
+}
+
+#[test]
+fn hl7_probe_message_may_declare_its_own_separator() {
+    let text = format!(
+        "{HEAD}check = {{ kind = \"hl7\", message = \"MSH#^~\\\\&#A#B#C#D#20260101##ADT^A01#ID1#P#2.5\" }}\n"
+    );
+    assert!(parse(&text).is_ok(), "{:?}", parse(&text).err());
+    let short = format!("{HEAD}check = {{ kind = \"hl7\", message = \"MSH#^~\\\\&#A#B\" }}\n");
+    assert!(error_of(&short).contains("MSH-10"));
 }
 
 #[test]
