@@ -77,7 +77,14 @@ type Command = (Request, oneshot::Sender<Response>);
 /// Runs lbcore until SIGTERM or SIGINT. Fails at start when the configuration is
 /// invalid or a service port cannot be bound.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let config = load(&opts.config)?;
+    // Signals first: a SIGHUP or SIGTERM that arrives while starting must not kill lbcore
+    // with the default action (and skip the clean-up of service addresses).
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+
+    let config = read_config(&opts.config, true).await?;
     let addresses = if opts.manage_addresses {
         match ServiceAddresses::new() {
             Ok(a) => Some(a),
@@ -110,10 +117,6 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     tokio::spawn(control_server(socket, tx));
     info!(socket = %socket_path.display(), "lbcore ready");
 
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
     let changed = daemon.changed.clone();
     // repairs IPVS changes made behind lbcore's back
     let mut repair = tokio::time::interval(std::time::Duration::from_secs(30));
@@ -175,7 +178,9 @@ impl Daemon {
     }
 
     async fn reload(&mut self) -> Result<String, String> {
-        let result = match load(&self.opts.config) {
+        // On reload the file must exist: a deleted or unreadable file is a mistake to
+        // refuse, not an order to remove every service.
+        let result = match read_config(&self.opts.config, false).await {
             Ok(new) => self.apply(new).await,
             Err(e) => Err(e.to_string()),
         };
@@ -558,41 +563,78 @@ async fn control_server(listener: UnixListener, tx: mpsc::Sender<Command>) {
     }
 }
 
+/// The longest request line accepted on the control socket.
+const MAX_REQUEST: u64 = 1 << 20;
+
 async fn control_session(stream: UnixStream, tx: mpsc::Sender<Command>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let (read, mut write) = stream.into_split();
-    // One request is a short JSON line; a bound keeps a confused client from growing
-    // our memory.
-    let mut lines = BufReader::new(read.take(1 << 20)).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        if line.trim().is_empty() {
-            continue;
+    let mut reader = BufReader::new(read);
+    loop {
+        // Bounded per request, so that a confused client cannot grow our memory while a
+        // long-lived one (the web UI polling status) may send any number of requests.
+        let mut line = String::new();
+        let n = match (&mut reader).take(MAX_REQUEST).read_line(&mut line).await {
+            Ok(n) => n,
+            Err(_) => return,
+        };
+        if n == 0 {
+            return;
         }
-        let response = match serde_json::from_str::<Request>(&line) {
-            Ok(request) => {
-                let (reply, answer) = oneshot::channel();
-                if tx.send((request, reply)).await.is_err() {
-                    return;
+        let response = if !line.ends_with('\n') && n as u64 >= MAX_REQUEST {
+            Response::error(format!("request longer than {MAX_REQUEST} bytes"))
+        } else if line.trim().is_empty() {
+            continue;
+        } else {
+            match serde_json::from_str::<Request>(&line) {
+                Ok(request) => {
+                    let (reply, answer) = oneshot::channel();
+                    if tx.send((request, reply)).await.is_err() {
+                        return;
+                    }
+                    answer
+                        .await
+                        .unwrap_or_else(|_| Response::error("lbcore is stopping"))
                 }
-                answer
-                    .await
-                    .unwrap_or_else(|_| Response::error("lbcore is stopping"))
+                Err(e) => Response::error(format!("not a valid request: {e}")),
             }
-            Err(e) => Response::error(format!("not a valid request: {e}")),
         };
         let mut text = serde_json::to_string(&response).unwrap_or_else(|e| {
             format!("{{\"ok\":false,\"error\":\"cannot encode the answer: {e}\"}}")
         });
         text.push('\n');
-        if write.write_all(text.as_bytes()).await.is_err() {
+        if write.write_all(text.as_bytes()).await.is_err()
+            || response
+                .error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("request longer"))
+        {
             return;
         }
     }
 }
 
-/// Reads the configuration; a missing file means no services yet (and is logged).
-fn load(path: &std::path::Path) -> Result<Config, config::ConfigError> {
-    let (config, missing) = config::load_or_empty(path)?;
+/// Reads and validates the configuration off the async threads (/data may be slow).
+/// With `allow_missing` (at start), a file that does not exist yet means no services: a
+/// fresh appliance runs lbcore before anyone configured a service.
+async fn read_config(
+    path: &std::path::Path,
+    allow_missing: bool,
+) -> Result<Config, config::ConfigError> {
+    let owned = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || {
+        if allow_missing {
+            config::load_or_empty(&owned)
+        } else {
+            config::load(&owned).map(|c| (c, false))
+        }
+    })
+    .await
+    .map_err(|e| config::ConfigError::Read {
+        path: path.to_path_buf(),
+        reason: format!("the reading task failed: {e}"),
+    })?;
+    let (config, missing) = read?;
     if missing {
         warn!(
             "{} does not exist yet: running with no services until it is written and reloaded",

@@ -390,3 +390,13 @@ def test_fallback_when_every_up_server_fails_to_connect(lab, lbcore, peers):
     assert [who(lab) for _ in range(3)] == ["FB"] * 3
     log = lb.log()
     assert log.count("new connections go to the fallback server") == 1, log
+
+
+def test_reload_of_a_deleted_file_is_refused(lab, lbcore, peers):
+    peers("rs1")
+    lb = lbcore(config(("rs1",), lab=lab))
+    lb.wait_health("APP", "RS1", "up")
+    lb.config.unlink()
+    r = lb.ctl("reload", check=False)
+    assert r.returncode != 0 and "cannot read" in r.stderr, r.stderr
+    assert who(lab) == "RS1"

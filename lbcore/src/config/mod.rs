@@ -325,10 +325,11 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Like [`load`], but a file that does not exist yet is an empty configuration: a fresh
 /// appliance runs lbcore before anyone has configured a service. The flag says so.
 pub fn load_or_empty(path: &Path) -> Result<(Config, bool), ConfigError> {
-    if !path.exists() {
-        return Ok((Config::default(), true));
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Config::default(), true)),
+        // Anything else (permissions, I/O) is an error that load() reports in full.
+        _ => load(path).map(|c| (c, false)),
     }
-    load(path).map(|c| (c, false))
 }
 
 /// Validates configuration text.
