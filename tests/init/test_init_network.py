@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-from conftest import INIT, wait_for
+from initlab import INIT, wait_for
 
 
 def sh(*args, check=True):

@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from conftest import INIT, proc_state, wait_for
+from initlab import INIT, proc_state, wait_for
 
 
 def test_killed_service_is_restarted_with_backoff(pid1):
