@@ -41,6 +41,7 @@ fn step<T>(name: &str, f: impl FnOnce() -> T) -> T {
 /// Should the main loop ever panic (a bug), init logs it and keeps the one duty
 /// that must never stop: reaping children. The kernel would panic if PID 1 exited.
 pub fn main(opts: Options) {
+    crate::console::ensure_stdio();
     std::panic::set_hook(Box::new(|p| {
         crate::log::write("init", &format!("internal error: {p}"));
     }));
@@ -94,6 +95,7 @@ async fn run(opts: Options) {
 
     if b.opts.mounts {
         let problems = step("mounts", mounts::mount_all);
+        crate::console::reopen_stdio();
         for p in problems {
             info!("mounts: {p}");
             b.problems.push(p);

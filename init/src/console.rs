@@ -8,7 +8,7 @@
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use nix::sys::termios::{self, LocalFlags, SetArg};
 use std::fs::{File, OpenOptions};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, IntoRawFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,6 +32,75 @@ pub struct Console {
     output: OwnedFd,
     cancel: Arc<AtomicBool>,
     pending: Vec<u8>,
+}
+
+/// Whether any of stdin/stdout/stderr had to be filled with a placeholder.
+static PLACEHOLDERS: AtomicBool = AtomicBool::new(false);
+
+fn fd_open(fd: i32) -> bool {
+    nix::fcntl::fcntl(
+        // SAFETY: only asks the kernel about the descriptor number; nothing is closed.
+        unsafe { BorrowedFd::borrow_raw(fd) },
+        nix::fcntl::FcntlArg::F_GETFD,
+    )
+    .is_ok()
+}
+
+/// Make sure descriptors 0, 1 and 2 are open before anything else opens files (the
+/// kernel leaves them closed when the initramfs has no /dev/console): the console
+/// if there is one, else a placeholder, replaced by [`reopen_stdio`] once /dev is
+/// mounted.
+pub fn ensure_stdio() {
+    for fd in 0..3 {
+        if fd_open(fd) {
+            continue;
+        }
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_NOCTTY)
+            .open("/dev/console")
+            .or_else(|_| OpenOptions::new().read(true).write(true).open("/dev/null"))
+            .or_else(|_| {
+                PLACEHOLDERS.store(true, Ordering::Relaxed);
+                File::open("/")
+            });
+        if let Ok(f) = f {
+            let owned: OwnedFd = f.into();
+            if owned.as_raw_fd() == fd {
+                // It landed on the descriptor we wanted: keep it open for good.
+                let _ = owned.into_raw_fd();
+            } else {
+                dup_to(&owned, fd);
+            }
+        }
+    }
+}
+
+/// After /dev is mounted: put /dev/console where placeholders were.
+pub fn reopen_stdio() {
+    if !PLACEHOLDERS.swap(false, Ordering::Relaxed) {
+        return;
+    }
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open("/dev/console")
+    else {
+        return;
+    };
+    for fd in 0..3 {
+        dup_to(&f, fd);
+    }
+}
+
+fn dup_to(from: impl AsFd, fd: i32) {
+    let _ = match fd {
+        0 => nix::unistd::dup2_stdin(from),
+        1 => nix::unistd::dup2_stdout(from),
+        _ => nix::unistd::dup2_stderr(from),
+    };
 }
 
 /// Where the consoles are: the kernel's active consoles (`console=` on the command

@@ -136,6 +136,9 @@ pub struct IpvsServerStatus {
     pub active: u32,
     pub inactive: u32,
     pub persistent: u32,
+    /// Connections IPVS scheduled to it.
+    #[serde(default)]
+    pub total: u64,
 }
 
 #[derive(Debug, thiserror::Error)]

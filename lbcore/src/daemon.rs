@@ -97,6 +97,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         None
     };
     let admin = AdminStates::load(&opts.state);
+    let ipvs_state = opts.state.with_file_name("lbcore-ipvs.json");
     let mut daemon = Daemon {
         opts,
         config: Config {
@@ -105,7 +106,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         services: BTreeMap::new(),
         addresses,
         admin,
-        ipvs: ipvs::manager::Manager::new(),
+        ipvs: ipvs::manager::Manager::new(Some(ipvs_state)),
         changed: Arc::new(Notify::new()),
     };
     let summary = daemon.apply(config).await.map_err(anyhow::Error::msg)?;
@@ -392,7 +393,7 @@ impl Daemon {
                             health: h.health,
                             state: s.admin(),
                             connections: ipvs.map_or(s.active(), |i| i.active),
-                            total_connections: s.total(),
+                            total_connections: ipvs.map_or(s.total(), |i| i.total),
                             last_failure: if h.health == Health::Up {
                                 None
                             } else {
@@ -430,7 +431,15 @@ impl Daemon {
                     } else {
                         c.active
                     },
-                    total_connections: c.total,
+                    total_connections: if l4 {
+                        real_servers
+                            .iter()
+                            .map(|r| r.total_connections)
+                            .sum::<u64>()
+                            + fallback_ipvs.map_or(0, |i| i.total)
+                    } else {
+                        c.total
+                    },
                     refused: c.refused,
                     queued: c.queued,
                     fallback: svc.fallback.map(|f| FallbackStatus {
@@ -438,7 +447,7 @@ impl Daemon {
                         port: f.port,
                         in_use: !any_up,
                         connections: fallback_ipvs.map_or(c.fallback_active, |i| i.active),
-                        total_connections: c.fallback_total,
+                        total_connections: fallback_ipvs.map_or(c.fallback_total, |i| i.total),
                     }),
                     real_servers,
                     note: match (&svc.layer, &table) {
@@ -487,6 +496,7 @@ fn ipvs_counters(
             f.active += d.counters.active;
             f.inactive += d.counters.inactive;
             f.persistent += d.counters.persistent;
+            f.total += d.counters.total;
         }
     }
     found

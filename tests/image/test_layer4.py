@@ -12,7 +12,7 @@ One boot serves every check (a TCG boot costs minutes):
   the client stays on one server; stopping that server's storescp moves new
   associations to the other (the time to its removal from IPVS is printed).
 - DICOM_SNAT (VIP .72, snat): the real server sees the appliance's address, with no
-  route change on the real servers (needs nft in the image).
+  route change on the real servers (lbcore's nftables masquerade).
 - DICOM_NAT (VIP .71, nat): the real servers' default route is the appliance; they see
   the client's own address.
 
@@ -43,7 +43,7 @@ VIP_DR, VIP_NAT, VIP_SNAT = "10.99.7.70", "10.99.7.71", "10.99.7.72"
 PORT = 104
 
 
-def service(label, vip, forwarding):
+def service(label, vip, forwarding, extra="", limits=""):
     return f'''
 [[service]]
 label = "{label}"
@@ -54,22 +54,25 @@ forwarding = "{forwarding}"
 scheduler = "wlc"
 persistence = {{ timeout = "300s" }}
 check = {{ kind = "dicom-echo", calling_ae = "LOADBALANCER", called_ae = "LB-SCP" }}
-
+{extra}
 [[service.real_server]]
 label = "DS1"
 address = "10.99.7.31"
 weight = 100
-
+{limits}
 [[service.real_server]]
 label = "DS2"
 address = "10.99.7.32"
 weight = 100
+{limits}
 '''
 
 
 CONFIG = (
     service("DS_DICOM", VIP_DR, "direct-routing")
-    + service("DICOM_NAT", VIP_NAT, "nat")
+    # a failed server stays with weight 0 here; connection thresholds
+    + service("DICOM_NAT", VIP_NAT, "nat", 'on_failure = "weight-zero"',
+              "max_connections = 500\nmin_connections = 10\n")
     + service("DICOM_SNAT", VIP_SNAT, "snat")
 )
 
@@ -188,8 +191,8 @@ def ipvs_table(con):
             current = table.setdefault(s.group(1), {})
         elif d and current is not None:
             current[d.group(1)] = {
-                "forward": d.group(2), "weight": int(d.group(3)),
-                "active": int(d.group(6)), "inactive": int(d.group(7)),
+                "forward": d.group(2), "weight": int(d.group(3)), "upper": int(d.group(4)),
+                "lower": int(d.group(5)), "active": int(d.group(6)), "inactive": int(d.group(7)),
             }
     return table, text
 
@@ -207,7 +210,6 @@ def new_associations(scps, before):
 def test_layer4_dr_nat_snat_in_the_appliance(image, vms, netns, tmp_path):
     disk = disk_copy(image, tmp_path)
     preload_data(disk, tmp_path, {"config/lbcore.toml": CONFIG})
-    has_nft = (image / "work" / "rootfs" / "usr" / "sbin" / "nft").exists()
     topo = Topology(netns)
     try:
         scps = {name: Scp(h, tmp_path) for name, h in topo.rs.items()}
@@ -225,10 +227,14 @@ def test_layer4_dr_nat_snat_in_the_appliance(image, vms, netns, tmp_path):
             ok = all(len(table.get(f"TCP {v}:{PORT}", {})) == 2 for v in (VIP_DR, VIP_NAT, VIP_SNAT))
             return table if ok else None
         table = wait_for(all_in_table, 90, interval=1, what="the three services with two servers each in IPVS")
+        # what the kernel holds, read back over netlink, is what the configuration says
         dr = table[f"TCP {VIP_DR}:{PORT}"]
-        assert {d["forward"] for d in dr.values()} == {"route"}, dr
-        assert {d["forward"] for d in table[f"TCP {VIP_NAT}:{PORT}"].values()} == {"masq"}
-        assert {d["weight"] for d in dr.values()} == {100}
+        nat = table[f"TCP {VIP_NAT}:{PORT}"]
+        assert {(d["forward"], d["weight"], d["upper"], d["lower"]) for d in dr.values()} == {("route", 100, 0, 0)}, dr
+        assert {(d["forward"], d["weight"], d["upper"], d["lower"]) for d in nat.values()} == {("masq", 100, 500, 10)}, nat
+        text = ipvs_table(con)[1]
+        for vip in (VIP_DR, VIP_NAT, VIP_SNAT):
+            assert f"TCP {vip}:{PORT} wlc persistent 300 mask /32" in text, text
 
         client = topo.client
         # --- direct routing ---
@@ -250,15 +256,13 @@ def test_layer4_dr_nat_snat_in_the_appliance(image, vms, netns, tmp_path):
         assert len(list(scps[sticky].out.iterdir())) == 3, "the three images arrived"
 
         # --- SNAT: the real server sees the appliance; no route change ---
-        if has_nft:
-            before = {n: len(s.associations()) for n, s in scps.items()}
-            dicom(client, "echoscu", VIP_SNAT)
-            dicom(client, "storescu", VIP_SNAT, files[0])
-            got = new_associations(scps, before)
-            peers = {peer for a in got.values() for peer, _ in a}
-            assert peers == {GUEST}, f"SNAT: the real server sees the appliance's address: {got}"
-        else:
-            note("Layer 4: SNAT not checked: the image has no nft (image/build does not copy it)")
+        before = {n: len(s.associations()) for n, s in scps.items()}
+        dicom(client, "echoscu", VIP_SNAT)
+        dicom(client, "storescu", VIP_SNAT, files[0])
+        got = new_associations(scps, before)
+        peers = {peer for a in got.values() for peer, _ in a}
+        assert peers == {GUEST}, f"SNAT: the real server sees the appliance's address: {got}"
+        assert sum(len(a) for a in got.values()) == 2, got
 
         # --- failover: the sticky server's storescp stops ---
         other = "ds2" if sticky == "ds1" else "ds1"
@@ -268,6 +272,9 @@ def test_layer4_dr_nat_snat_in_the_appliance(image, vms, netns, tmp_path):
         wait_for(lambda: rip not in ipvs_table(con)[0].get(f"TCP {VIP_DR}:{PORT}", {rip: 1}), 60,
                  interval=0.2, what=f"{rip} to leave the IPVS table")
         removal = time.monotonic() - failed
+        # the NAT service's own check (on_failure = weight-zero) keeps it, with weight 0
+        wait_for(lambda: ipvs_table(con)[0][f"TCP {VIP_NAT}:{PORT}"].get(rip, {}).get("weight") == 0, 30,
+                 interval=0.5, what=f"{rip} at weight 0 in the NAT service")
         note(f"Layer 4: real server failed -> removed from IPVS in {removal:.1f} s "
              "(C-ECHO check every 2 s, fall 2; read through the serial console)")
         before = {n: len(s.associations()) for n, s in scps.items()}
@@ -284,8 +291,9 @@ def test_layer4_dr_nat_snat_in_the_appliance(image, vms, netns, tmp_path):
             # replies from the DR VIP still go straight to the router
             run(*ns, "rule", "add", "from", VIP_DR, "lookup", "100")
             run(*ns, "route", "add", "default", "via", "10.99.7.1", "table", "100")
-        wait_for(lambda: rip in ipvs_table(con)[0].get(f"TCP {VIP_NAT}:{PORT}", {}), 60, interval=1,
-                 what=f"{rip} back in the NAT service")
+        wait_for(lambda: ipvs_table(con)[0][f"TCP {VIP_DR}:{PORT}"].get(rip, {}).get("weight") == 100
+                 and ipvs_table(con)[0][f"TCP {VIP_NAT}:{PORT}"][rip]["weight"] == 100, 60, interval=1,
+                 what=f"{rip} back in the DR service and at full weight in the NAT service")
         before = {n: len(s.associations()) for n, s in scps.items()}
         dicom(client, "echoscu", VIP_NAT)
         dicom(client, "storescu", VIP_NAT, files[1])

@@ -1,7 +1,9 @@
-//! `init net-apply FILE [--resolv PATH] [--hold]`: applies a network settings file
-//! in the current network namespace (tests and tools). Prints what changed (`no
-//! changes` when nothing did); with `--hold` it stays to keep DHCP leases, logging
-//! to stderr, and releases them on SIGTERM or SIGINT.
+//! `init net-apply FILE [--then FILE2] [--resolv PATH] [--hold]`: applies a network
+//! settings file in the current network namespace (tests and tools). Prints what
+//! changed (`no changes` when nothing did); `--then` applies a second file from the
+//! same process, as init does when the settings change at run time (one line per
+//! apply); with `--hold` it stays to keep DHCP leases, logging to stderr, and
+//! releases them on SIGTERM or SIGINT.
 
 use super::Manager;
 use super::config::NetworkConfig;
@@ -11,11 +13,13 @@ pub fn net_apply(args: &[String]) -> i32 {
     let mut file = None;
     let mut resolv = None;
     let mut hold = false;
+    let mut then = None;
     let mut it = args.iter();
     while let Some(a) = it.next() {
         match a.as_str() {
             "--resolv" => resolv = it.next().map(PathBuf::from),
             "--hold" => hold = true,
+            "--then" => then = it.next().map(PathBuf::from),
             f => file = Some(PathBuf::from(f)),
         }
     }
@@ -24,13 +28,16 @@ pub fn net_apply(args: &[String]) -> i32 {
         return 2;
     };
     crate::log::set_mirror(true, false);
-    let cfg = match NetworkConfig::load(&file) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("init net-apply: {e}");
-            return 1;
+    let mut cfgs = Vec::new();
+    for f in std::iter::once(file).chain(then) {
+        match NetworkConfig::load(&f) {
+            Ok(c) => cfgs.push(c),
+            Err(e) => {
+                eprintln!("init net-apply: {e}");
+                return 1;
+            }
         }
-    };
+    }
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -43,16 +50,19 @@ pub fn net_apply(args: &[String]) -> i32 {
     };
     rt.block_on(async move {
         let mut m = Manager::new(resolv);
-        let code = match m.apply(&cfg).await {
-            Ok(rep) => {
-                println!("{rep}");
-                i32::from(!rep.errors.is_empty())
+        let mut code = 0;
+        for cfg in &cfgs {
+            match m.apply(cfg).await {
+                Ok(rep) => {
+                    println!("{rep}");
+                    code = code.max(i32::from(!rep.errors.is_empty()));
+                }
+                Err(e) => {
+                    eprintln!("init net-apply: {e:#}");
+                    return 1;
+                }
             }
-            Err(e) => {
-                eprintln!("init net-apply: {e:#}");
-                return 1;
-            }
-        };
+        }
         if hold {
             use tokio::signal::unix::{SignalKind, signal};
             if let (Ok(mut t), Ok(mut i)) = (

@@ -132,6 +132,7 @@ impl Manager {
             && try_or_log!("lo: up", link::set_up(&h, lo.index).await).is_some()
         {
             rep.changes.push("lo: up".into());
+            links = link::list(&h).await?;
         }
 
         // Links of the previous settings that are gone from the new ones.

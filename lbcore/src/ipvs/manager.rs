@@ -6,6 +6,7 @@
 //! start): an appliance without Layer 4 services never touches IPVS.
 
 use std::collections::BTreeSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -32,6 +33,9 @@ pub struct Manager {
     unavailable: Option<String>,
     /// Services lbcore made (and may delete).
     owned: BTreeSet<ServiceKey>,
+    /// Where `owned` is kept across restarts, so that a service removed from the
+    /// configuration while lbcore was stopped still leaves the kernel.
+    owned_file: Option<PathBuf>,
     /// The SNAT script last applied.
     snat: Option<String>,
     sysctls_done: bool,
@@ -39,18 +43,15 @@ pub struct Manager {
     nat_sysctls_done: bool,
 }
 
-impl Default for Manager {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl Manager {
-    pub fn new() -> Manager {
+    /// `owned_file`: where the set of services lbcore made is kept (JSON).
+    pub fn new(owned_file: Option<PathBuf>) -> Manager {
+        let owned = owned_file.as_deref().map(load_owned).unwrap_or_default();
         Manager {
             ipvs: Mutex::new(None),
             unavailable: None,
-            owned: BTreeSet::new(),
+            owned,
+            owned_file,
             snat: None,
             sysctls_done: false,
             nat_sysctls_done: false,
@@ -152,12 +153,16 @@ impl Manager {
         };
         let ops = reconcile::diff(&wanted, &kernel, &self.owned);
         let mut failed = 0;
+        let mut owned: BTreeSet<ServiceKey> = wanted.iter().map(|w| w.key).collect();
         for op in &ops {
             match ipvs.apply(op) {
                 Ok(()) => info!("ipvs: {op}"),
                 Err(e) => {
                     failed += 1;
                     error!("{e}");
+                    if let super::Op::DelService(k) = op {
+                        owned.insert(*k); // still ours to delete next time
+                    }
                 }
             }
         }
@@ -173,7 +178,14 @@ impl Manager {
                 }
             );
         }
-        self.owned = wanted.iter().map(|w| w.key).collect();
+        if owned != self.owned {
+            self.owned = owned;
+            if let Some(path) = &self.owned_file {
+                if let Err(e) = save_owned(path, &self.owned) {
+                    warn!("cannot save {}: {e}", path.display());
+                }
+            }
+        }
 
         let script = snat::ruleset(&snat_wanted);
         let needed = !snat_wanted.is_empty() || self.snat.is_some();
@@ -204,6 +216,30 @@ impl Manager {
     }
 }
 
+fn load_owned(path: &std::path::Path) -> BTreeSet<ServiceKey> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => serde_json::from_str(&text).unwrap_or_else(|e| {
+            warn!(
+                "{} is not understood ({e}); IPVS services lbcore made earlier and no longer configured stay in the kernel",
+                path.display()
+            );
+            BTreeSet::new()
+        }),
+        Err(_) => BTreeSet::new(),
+    }
+}
+
+/// Replaces the file atomically (temporary file, fsync, rename).
+fn save_owned(path: &std::path::Path, owned: &BTreeSet<ServiceKey>) -> std::io::Result<()> {
+    use std::io::Write;
+    let text = serde_json::to_string_pretty(owned).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 /// Writes each sysctl; returns whether all succeeded (failures are logged).
 fn set_sysctls(list: &[(&str, &str)]) -> bool {
     let mut ok = true;
@@ -218,4 +254,28 @@ fn set_sysctls(list: &[(&str, &str)]) -> bool {
         }
     }
     ok
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ipvs::IPPROTO_TCP;
+
+    #[test]
+    fn owned_services_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("lbcore-ipvs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("lbcore-ipvs.json");
+        let owned = BTreeSet::from([ServiceKey {
+            protocol: IPPROTO_TCP,
+            address: "10.0.0.70".parse().unwrap(),
+            port: 104,
+        }]);
+        save_owned(&path, &owned).unwrap();
+        assert_eq!(load_owned(&path), owned);
+        std::fs::write(&path, "garbage").unwrap();
+        assert!(load_owned(&path).is_empty());
+        assert!(load_owned(&dir.join("missing.json")).is_empty());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

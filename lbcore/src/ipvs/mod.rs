@@ -60,7 +60,11 @@ const DEST_ATTR_L_THRESH: u16 = 6;
 const DEST_ATTR_ACTIVE_CONNS: u16 = 7;
 const DEST_ATTR_INACT_CONNS: u16 = 8;
 const DEST_ATTR_PERSIST_CONNS: u16 = 9;
+const DEST_ATTR_STATS: u16 = 10;
 const DEST_ATTR_ADDR_FAMILY: u16 = 11;
+const DEST_ATTR_STATS64: u16 = 12;
+/// `IPVS_STATS_ATTR_CONNS` in the nested statistics: connections scheduled.
+const STATS_ATTR_CONNS: u16 = 1;
 
 /// `IP_VS_SVC_F_PERSISTENT`.
 const SVC_F_PERSISTENT: u32 = 0x1;
@@ -171,6 +175,9 @@ pub struct Counters {
     pub active: u32,
     pub inactive: u32,
     pub persistent: u32,
+    /// Connections scheduled to this server since it entered the table.
+    #[serde(default)]
+    pub total: u64,
 }
 
 /// One virtual service as read from the kernel.
@@ -378,6 +385,16 @@ pub fn decode_dest(attrs: Attrs<'_>, service_af: u16) -> Option<Dest> {
             DEST_ATTR_ACTIVE_CONNS => c.active = v(),
             DEST_ATTR_INACT_CONNS => c.inactive = v(),
             DEST_ATTR_PERSIST_CONNS => c.persistent = v(),
+            DEST_ATTR_STATS64 => {
+                if let Some(n) = a.nested().find(|s| s.kind == STATS_ATTR_CONNS) {
+                    c.total = n.u64().unwrap_or(c.total);
+                }
+            }
+            DEST_ATTR_STATS if c.total == 0 => {
+                if let Some(n) = a.nested().find(|s| s.kind == STATS_ATTR_CONNS) {
+                    c.total = u64::from(n.u32().unwrap_or(0));
+                }
+            }
             _ => {}
         }
     }
@@ -581,6 +598,36 @@ mod tests {
 
     fn decode_service_key_only(attrs: Attrs<'_>) -> (ServiceKey, ServiceSpec) {
         decode_service(attrs).unwrap()
+    }
+
+    #[test]
+    fn dest_counters_from_the_kernel_dump() {
+        // as the kernel dumps a real server: counters and nested 64-bit statistics
+        let mut m = Message::new(0x22, 0, CMD_GET_DEST, 1);
+        m.begin_nested(CMD_ATTR_DEST)
+            .put(DEST_ATTR_ADDR, &addr_bytes("10.0.0.31".parse().unwrap()))
+            .put(DEST_ATTR_PORT, &104u16.to_be_bytes())
+            .put_u32(DEST_ATTR_FWD_METHOD, 3)
+            .put_u32(DEST_ATTR_WEIGHT, 100)
+            .put_u32(DEST_ATTR_ACTIVE_CONNS, 2)
+            .put_u32(DEST_ATTR_INACT_CONNS, 5)
+            .put_u32(DEST_ATTR_PERSIST_CONNS, 1)
+            .begin_nested(DEST_ATTR_STATS64)
+            .put(STATS_ATTR_CONNS, &4_000_000_000_123u64.to_ne_bytes())
+            .end_nested()
+            .end_nested();
+        let b = m.finish(1);
+        let d = decode_dest(Attrs(&b[20..]), AF_INET).unwrap();
+        assert_eq!(d.spec.forward, Forward::Route);
+        assert_eq!(
+            d.counters,
+            Counters {
+                active: 2,
+                inactive: 5,
+                persistent: 1,
+                total: 4_000_000_000_123
+            }
+        );
     }
 
     #[test]

@@ -120,6 +120,10 @@ impl<'a> Attr<'a> {
         Some(u32::from_ne_bytes(self.payload.get(..4)?.try_into().ok()?))
     }
 
+    pub fn u64(&self) -> Option<u64> {
+        Some(u64::from_ne_bytes(self.payload.get(..8)?.try_into().ok()?))
+    }
+
     /// Big-endian u16 (ports).
     pub fn be16(&self) -> Option<u16> {
         Some(u16::from_be_bytes(self.payload.get(..2)?.try_into().ok()?))

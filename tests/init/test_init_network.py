@@ -12,7 +12,7 @@ import tomllib
 
 import pytest
 
-from conftest import INIT, wait_for
+from initlab import INIT, wait_for
 
 
 def sh(*args, check=True):
@@ -125,20 +125,29 @@ def test_static_apply_is_read_back_and_idempotent(nets, tmp_path):
 
 
 def test_changes_apply_as_a_diff(nets, tmp_path):
+    """New settings at run time: only what differs changes; what the old settings
+    had and the new ones do not is removed; others' addresses (lbcore's virtual IPs)
+    stay."""
     n = nets("d")
-    cfg = tmp_path / "network.toml"
-    cfg.write_text(STATIC)
-    # One process applies both, as init does at run time.
+    first = tmp_path / "first.toml"
+    first.write_text(STATIC)
     second = tmp_path / "second.toml"
-    second.write_text(STATIC.replace("10.199.0.2/24", "10.199.0.3/24").split("[[route]]")[0])
-    # Someone else's address (lbcore's virtual IP) must survive.
+    second.write_text(STATIC.replace("10.199.0.2/24", "10.199.0.3/24").replace("mtu = 1400", "mtu = 1500")
+                      .split("[[route]]")[0])
+    sh("ip", "-n", n.a, "link", "set", "eth0", "up")
     sh("ip", "-n", n.a, "addr", "add", "10.199.0.70/24", "dev", "eth0")
-    r = n.apply(cfg)
+    r = sh("ip", "netns", "exec", n.a, str(INIT), "net-apply", str(first), "--then", str(second), check=False)
     assert r.returncode == 0, r.stderr
-    r = sh("ip", "netns", "exec", n.a, str(INIT), "net-apply", str(second), check=False)
-    # A fresh process does not know what the first applied: it adds, never removes.
-    assert "10.199.0.3/24" in r.stdout
-    assert n.addrs("eth0") == ["10.199.0.2/24", "10.199.0.3/24", "10.199.0.70/24"]
+    one, two = r.stdout.strip().splitlines()
+    assert "eth0: +10.199.0.2/24" in one and "route 10.198.0.0/24 via 10.199.0.254" in one
+    assert set(two.split("; ")) == {"eth0: mtu 1500", "eth0: +10.199.0.3/24", "eth0: -10.199.0.2/24",
+                                    "route 10.198.0.0/24 removed"}, two
+    assert n.addrs("eth0") == ["10.199.0.3/24", "10.199.0.70/24"]
+    routes = n.routes()
+    assert ("default", "10.199.0.1", "eth0") in routes
+    assert not any(r[0] == "10.198.0.0/24" for r in routes)
+    # A fresh process (a reboot) with the same settings changes nothing.
+    assert n.apply(second).stdout.strip() == "no changes"
 
 
 def test_vlan(nets, tmp_path):

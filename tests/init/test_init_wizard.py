@@ -11,7 +11,7 @@ import tomllib
 import pexpect
 import pexpect.fdpexpect
 
-from conftest import INIT, Pid1, wait_for
+from initlab import INIT, Pid1, wait_for
 
 PASSWORD = "s3cret-pass"
 

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import INIT
+from initlab import INIT
 
 LABEL = f"LBT{os.getpid()}"[:16]
 

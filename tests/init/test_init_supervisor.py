@@ -7,7 +7,7 @@ import signal
 import subprocess
 import time
 
-from conftest import INIT, proc_state, wait_for
+from initlab import INIT, proc_state, wait_for
 
 
 def test_killed_service_is_restarted_with_backoff(pid1):
@@ -136,3 +136,38 @@ args = ["1000"]
     assert r.returncode == 0, r.stderr
     assert p.proc.wait(timeout=20) == 0
     assert "shutdown requested: power off" in p.text()
+
+
+def test_readiness_by_socket_and_timeout(pid1):
+    """`ready.socket`: ready when the path exists ({run} is the run directory); a
+    dependent waits for it; a service never ready is reported after its timeout."""
+    p = pid1("""
+[[service]]
+name = "sock"
+command = "/bin/sh"
+args = ["-c", "sleep 0.5; touch {run}/sock.sock; exec sleep 1000"]
+[service.ready]
+socket = "{run}/sock.sock"
+
+[[service]]
+name = "after"
+command = "/bin/sleep"
+args = ["1000"]
+depends_on = ["sock"]
+
+[[service]]
+name = "never"
+command = "/bin/sleep"
+args = ["1000"]
+[service.ready]
+socket = "{run}/never.sock"
+timeout_ms = 800
+""")
+    p.wait_log(r"service sock ready after \d+ ms")
+    log = p.text()
+    assert log.index("service sock ready") < log.index("started after")
+    p.wait_log(r"services not ready: never")
+    assert "services ready in" not in p.text()
+    assert p.service("never")["state"] == "starting"
+    assert p.ctl("list")["ready"] is False
+    assert p.terminate() == 0

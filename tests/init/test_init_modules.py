@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import INIT
+from initlab import INIT
 
 CACHE = Path(os.environ.get("LB_KERNEL_CACHE", "/var/tmp/lb-test-kernel"))
 

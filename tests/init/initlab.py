@@ -1,0 +1,143 @@
+"""Helpers for init's system tests: the release binary, init run as PID 1 of fresh
+namespaces (unshare), and cleanup of everything a test started. (A module with its
+own name: every test folder has a conftest.py, so `import conftest` would be
+ambiguous.)"""
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+BIN_DIR = Path(os.environ.get("LB_BIN_DIR", "/work/main/target/release"))
+INIT = BIN_DIR / "init"
+
+
+def wait_for(pred, timeout=10.0, interval=0.05, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = pred()
+        if v:
+            return v
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def children(pid):
+    """Host pids of the children of host pid `pid`."""
+    out = []
+    task_dir = Path(f"/proc/{pid}/task")
+    try:
+        for t in task_dir.iterdir():
+            out += [int(x) for x in (t / "children").read_text().split()]
+    except OSError:
+        pass
+    return out
+
+
+def proc_state(pid):
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[0]
+
+
+def ns_pid(pid):
+    """The pid of host process `pid` inside its innermost pid namespace."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return None
+
+
+class Pid1:
+    """init running as PID 1 of new pid, mount, net, uts and ipc namespaces."""
+
+    def __init__(self, tmp: Path, services: str, extra=(), console="none", network=False):
+        self.tmp = tmp
+        self.data = tmp / "data"
+        self.run = tmp / "run"
+        self.data.mkdir(exist_ok=True)
+        self.run.mkdir(exist_ok=True)
+        self.services = tmp / "services.toml"
+        self.services.write_text(services)
+        self.log = tmp / "stderr.log"
+        args = [
+            "unshare", "--pid", "--fork", "--mount-proc", "--net", "--uts", "--ipc",
+            str(INIT), "--data", str(self.data), "--run", str(self.run),
+            "--services", str(self.services), "--console", console,
+            "--no-mounts", "--no-modules", "--exit-on-shutdown", "--log-stderr",
+        ]
+        if not network:
+            args.append("--no-network")
+        args += list(extra)
+        self.logf = open(self.log, "wb")
+        self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=self.logf,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+        self.init_pid = wait_for(lambda: (children(self.proc.pid) or [None])[0],
+                                 what="init to start")
+
+    def text(self):
+        return self.log.read_text(errors="replace")
+
+    def wait_log(self, pattern, timeout=10.0, count=1):
+        return wait_for(lambda: len(re.findall(pattern, self.text())) >= count,
+                        timeout, what=f"{pattern!r} in init's log:\n{self.text()}")
+
+    def ctl(self, *words):
+        r = subprocess.run([str(INIT), "ctl", "--run", str(self.run), *words],
+                           capture_output=True, text=True, timeout=15)
+        import json
+        return json.loads(r.stdout) if r.stdout.strip() else {"ok": False, "error": r.stderr}
+
+    def service(self, name):
+        for s in self.ctl("list").get("services", []):
+            if s["name"] == name:
+                return s
+        return None
+
+    def host_pid(self, nspid):
+        """Host pid of the namespace's process `nspid`."""
+        todo = [self.init_pid]
+        while todo:
+            p = todo.pop()
+            try:
+                if ns_pid(p) == nspid:
+                    return p
+            except OSError:
+                continue
+            todo += children(p)
+        return None
+
+    def descendants(self):
+        out, todo = [], [self.init_pid]
+        while todo:
+            p = todo.pop()
+            kids = children(p)
+            out += kids
+            todo += kids
+        return out
+
+    def terminate(self, timeout=20):
+        os.kill(self.init_pid, signal.SIGTERM)
+        return self.proc.wait(timeout=timeout)
+
+    def cleanup(self):
+        if self.proc.poll() is None:
+            try:
+                os.kill(self.init_pid, signal.SIGKILL)  # takes the namespace with it
+            except (ProcessLookupError, TypeError):
+                pass
+            try:
+                self.proc.kill()
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                pass
+        self.logf.close()
