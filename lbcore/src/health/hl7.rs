@@ -12,9 +12,9 @@
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
-use super::{Deadline, ProbeError, Target, io_error, tcp};
+use super::{Deadline, ProbeError, Target, io_error, read_reply, tcp};
 
 const START_BLOCK: u8 = 0x0B;
 const END_BLOCK: u8 = 0x1C;
@@ -42,35 +42,16 @@ pub(super) async fn probe(
         })
         .await?;
 
-    let stage = "waiting for the HL7 ACK";
-    let reply = deadline
-        .run(stage, async {
-            let mut buffer = Vec::new();
-            let mut chunk = [0u8; 4096];
-            loop {
-                let n = stream.read(&mut chunk).await.map_err(io_error(stage))?;
-                if n == 0 {
-                    return Err(if buffer.is_empty() {
-                        ProbeError::Closed { stage }
-                    } else {
-                        ProbeError::Hl7Malformed(format!(
-                            "connection closed after {} bytes without a complete MLLP frame",
-                            buffer.len()
-                        ))
-                    });
-                }
-                buffer.extend_from_slice(&chunk[..n]);
-                if let Some(payload) = unframe(&buffer) {
-                    return Ok(payload.to_vec());
-                }
-                if buffer.len() > MAX_REPLY {
-                    return Err(ProbeError::Hl7Malformed(format!(
-                        "no complete MLLP frame in the first {MAX_REPLY} bytes"
-                    )));
-                }
-            }
-        })
-        .await?;
+    let reply = read_reply(
+        &mut stream,
+        &deadline,
+        "waiting for the HL7 ACK",
+        "MLLP frame",
+        MAX_REPLY,
+        |buffer| unframe(buffer).map(<[u8]>::to_vec),
+        ProbeError::Hl7Malformed,
+    )
+    .await?;
     check_ack(&reply, &control_id)
 }
 

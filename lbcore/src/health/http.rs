@@ -17,10 +17,10 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, verify_tls12_signature, verify_tls13_signature};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio_rustls::TlsConnector;
 
-use super::{Deadline, ProbeError, Target, io_error, tcp};
+use super::{Deadline, ProbeError, Target, io_error, read_reply, tcp};
 
 /// A status line longer than this is not HTTP.
 const MAX_STATUS_LINE: usize = 8 * 1024;
@@ -88,36 +88,19 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
             stream.flush().await.map_err(io_error(stage))
         })
         .await?;
-    let stage = "waiting for the HTTP status line";
-    let line = deadline
-        .run(stage, async {
-            let mut buffer = Vec::new();
-            let mut chunk = [0u8; 1024];
-            loop {
-                let n = stream.read(&mut chunk).await.map_err(io_error(stage))?;
-                if n == 0 {
-                    return Err(if buffer.is_empty() {
-                        ProbeError::Closed { stage }
-                    } else {
-                        ProbeError::HttpMalformed(format!(
-                            "connection closed inside the status line after {} bytes",
-                            buffer.len()
-                        ))
-                    });
-                }
-                buffer.extend_from_slice(&chunk[..n]);
-                if let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-                    buffer.truncate(end);
-                    return Ok(buffer);
-                }
-                if buffer.len() > MAX_STATUS_LINE {
-                    return Err(ProbeError::HttpMalformed(format!(
-                        "no status line in the first {MAX_STATUS_LINE} bytes"
-                    )));
-                }
-            }
-        })
-        .await?;
+    let line = read_reply(
+        stream,
+        deadline,
+        "waiting for the HTTP status line",
+        "status line",
+        MAX_STATUS_LINE,
+        |buffer| {
+            let end = buffer.iter().position(|b| *b == b'\n')?;
+            Some(buffer[..end].to_vec())
+        },
+        ProbeError::HttpMalformed,
+    )
+    .await?;
     parse_status_line(&line)
 }
 
@@ -239,6 +222,7 @@ mod tests {
     use super::*;
     use crate::config::Probe;
     use crate::health::testutil::{closed_port, local};
+    use tokio::io::AsyncReadExt;
 
     const TIMEOUT: Duration = Duration::from_secs(3);
 

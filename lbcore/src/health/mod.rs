@@ -137,3 +137,50 @@ pub(crate) fn io_error(stage: &'static str) -> impl Fn(std::io::Error) -> ProbeE
         },
     }
 }
+
+/// Reads from `stream` until `complete` finds a whole reply in what has arrived (and
+/// returns what it made of it), within the probe's deadline and at most `max` bytes.
+/// `what` names the reply for the failure messages ("MLLP frame", "status line"), and
+/// `malformed` makes the probe's own error kind for them.
+pub(crate) async fn read_reply<S, T>(
+    stream: &mut S,
+    deadline: &Deadline,
+    stage: &'static str,
+    what: &str,
+    max: usize,
+    complete: impl Fn(&[u8]) -> Option<T>,
+    malformed: impl Fn(String) -> ProbeError,
+) -> Result<T, ProbeError>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    deadline
+        .run(stage, async {
+            let mut buffer = Vec::new();
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = stream.read(&mut chunk).await.map_err(io_error(stage))?;
+                if n == 0 {
+                    return Err(if buffer.is_empty() {
+                        ProbeError::Closed { stage }
+                    } else {
+                        malformed(format!(
+                            "connection closed after {} bytes without a complete {what}",
+                            buffer.len()
+                        ))
+                    });
+                }
+                buffer.extend_from_slice(&chunk[..n]);
+                if let Some(reply) = complete(&buffer) {
+                    return Ok(reply);
+                }
+                if buffer.len() > max {
+                    return Err(malformed(format!(
+                        "no complete {what} in the first {max} bytes"
+                    )));
+                }
+            }
+        })
+        .await
+}
