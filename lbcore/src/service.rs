@@ -20,6 +20,9 @@ use crate::server::{ConnectionGuard, Server};
 struct Selection {
     scheduler: Scheduler,
     persistence: Option<PersistenceTable>,
+    /// Bumped whenever the persistence table is replaced, so that a connection counted
+    /// in an old table is not un-counted from the new one.
+    generation: u64,
 }
 
 pub struct ServiceRuntime {
@@ -63,6 +66,7 @@ impl ServiceRuntime {
                     .persistence
                     .as_ref()
                     .map(|p| PersistenceTable::new(p.timeout)),
+                generation: 0,
             }),
             settings: RwLock::new(Arc::new(settings.clone())),
             servers: RwLock::new(Arc::new(servers)),
@@ -110,9 +114,12 @@ impl ServiceRuntime {
             }
             let labels: Vec<&str> = servers.iter().map(|s| s.label.as_str()).collect();
             sel.scheduler.retain(&labels);
-            match (&mut sel.persistence, &settings.persistence) {
+            match (sel.persistence.as_mut(), &settings.persistence) {
                 (Some(table), Some(p)) => table.set_timeout(p.timeout),
-                (slot, p) => *slot = p.as_ref().map(|p| PersistenceTable::new(p.timeout)),
+                (_, p) => {
+                    sel.persistence = p.as_ref().map(|p| PersistenceTable::new(p.timeout));
+                    sel.generation += 1;
+                }
             }
         }
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(settings.clone());
@@ -164,10 +171,11 @@ impl ServiceRuntime {
                 None => return Choice::Unavailable,
             },
         };
+        let generation = sel.generation;
         let persistent = match sel.persistence.as_mut() {
             Some(p) => {
                 p.connect(client, &chosen.label, now);
-                Some(client)
+                Some((client, generation))
             }
             None => None,
         };
@@ -280,7 +288,8 @@ pub struct ServiceCounters {
 pub struct Lease {
     guard: ConnectionGuard,
     service: Arc<ServiceRuntime>,
-    persistent: Option<IpAddr>,
+    /// The client and the persistence table generation it was counted in.
+    persistent: Option<(IpAddr, u64)>,
 }
 
 impl Lease {
@@ -291,9 +300,12 @@ impl Lease {
 
 impl Drop for Lease {
     fn drop(&mut self) {
-        if let Some(client) = self.persistent {
-            if let Some(p) = self.service.selection().persistence.as_mut() {
-                p.disconnect(client, Instant::now());
+        if let Some((client, generation)) = self.persistent {
+            let mut sel = self.service.selection();
+            if sel.generation == generation {
+                if let Some(p) = sel.persistence.as_mut() {
+                    p.disconnect(client, Instant::now());
+                }
             }
         }
         // Free the slot before waking queued clients, so that they find it.
