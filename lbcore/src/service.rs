@@ -38,9 +38,19 @@ pub struct ServiceRuntime {
     /// change once rather than per connection).
     fallback_in_use: AtomicBool,
     refused: AtomicU64,
+    refusal_log: Mutex<RefusalLog>,
     queued: AtomicU32,
     /// Signalled whenever a connection to a real server ends, for queued clients.
     slot_freed: Notify,
+}
+
+/// How often refusals are logged per service; the ones in between are counted.
+pub const REFUSAL_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+#[derive(Default)]
+struct RefusalLog {
+    last: Option<Instant>,
+    suppressed: u64,
 }
 
 /// Where a new connection goes.
@@ -76,6 +86,7 @@ impl ServiceRuntime {
             fallback_total: AtomicU64::new(0),
             fallback_in_use: AtomicBool::new(false),
             refused: AtomicU64::new(0),
+            refusal_log: Mutex::new(RefusalLog::default()),
             queued: AtomicU32::new(0),
             slot_freed: Notify::new(),
         })
@@ -258,8 +269,25 @@ impl ServiceRuntime {
         }
     }
 
-    pub fn count_refused(&self) {
+    /// Counts a refused client and logs why, at most once per [`REFUSAL_LOG_EVERY`] for
+    /// each service: during an outage every new association would otherwise log a line,
+    /// burying the one line that says what happened.
+    pub fn refuse(&self, peer: std::net::SocketAddr, reason: &str) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+        let mut log = self.refusal_log.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        match log.last {
+            Some(last) if now.duration_since(last) < REFUSAL_LOG_EVERY => log.suppressed += 1,
+            _ => {
+                let more = std::mem::take(&mut log.suppressed);
+                log.last = Some(now);
+                if more > 0 {
+                    warn!(service = %self.label, %peer, "connection refused: {reason} ({more} more refused since the last report)");
+                } else {
+                    warn!(service = %self.label, %peer, "connection refused: {reason}");
+                }
+            }
+        }
     }
 
     pub fn counters(&self) -> ServiceCounters {

@@ -77,8 +77,7 @@ pub async fn serve(
                 drop(lease);
                 tried.push(server);
                 if tried.len() > proxy.retries as usize {
-                    service.count_refused();
-                    warn!(service = %service.label, %peer, "connection refused: {} attempts failed", tried.len());
+                    service.refuse(peer, &format!("{} connection attempts failed", tried.len()));
                     return;
                 }
             }
@@ -95,8 +94,10 @@ pub async fn serve(
                         );
                     }
                     Err(e) => {
-                        service.count_refused();
-                        warn!(service = %service.label, %peer, %target, "cannot connect to the fallback server: {e}");
+                        service.refuse(
+                            peer,
+                            &format!("cannot connect to the fallback server {target}: {e}"),
+                        );
                     }
                 }
                 return;
@@ -107,17 +108,18 @@ pub async fn serve(
                 if queue_place.is_none() {
                     queue_place = service.enqueue();
                     if queue_place.is_none() {
-                        service.count_refused();
-                        warn!(service = %service.label, %peer, "connection refused: every server is at max_connections and the queue is full");
+                        service.refuse(
+                            peer,
+                            "every server is at max_connections and the queue is full",
+                        );
                         return;
                     }
                 }
                 let now = Instant::now();
                 if now >= deadline {
-                    service.count_refused();
-                    warn!(
-                        service = %service.label, %peer,
-                        "connection refused: no server had a free slot within {:?}", proxy.queue_timeout
+                    service.refuse(
+                        peer,
+                        &format!("no server had a free slot within {:?}", proxy.queue_timeout),
                     );
                     return;
                 }
@@ -125,12 +127,14 @@ pub async fn serve(
                 let _ = timeout((deadline - now).min(QUEUE_POLL), slot_freed).await;
             }
             Choice::Unavailable => {
-                service.count_refused();
-                if tried.is_empty() {
-                    warn!(service = %service.label, %peer, "connection refused: no real server is available (down, drained or halted) and there is no fallback");
-                } else {
-                    warn!(service = %service.label, %peer, "connection refused: every available server failed to connect and there is no fallback");
-                }
+                service.refuse(
+                    peer,
+                    if tried.is_empty() {
+                        "no real server is available (down, drained or halted) and there is no fallback"
+                    } else {
+                        "every available server failed to connect and there is no fallback"
+                    },
+                );
                 return;
             }
         }
