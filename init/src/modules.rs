@@ -308,43 +308,66 @@ pub fn load_boot_modules(root: &Path, sys: &Path) -> Report {
         }
     };
     let fixed = std::fs::read_to_string(root.join(crate::layout::MODULES_FILE)).unwrap_or_default();
-    let mut wanted: Vec<String> = fixed
+    let fixed_names: Vec<String> = fixed
         .lines()
         .map(|l| l.split('#').next().unwrap_or("").trim())
         .filter(|l| !l.is_empty())
         .map(String::from)
         .collect();
-    for alias in modaliases(sys) {
-        for m in db.resolve(&alias) {
-            if !wanted.contains(&m) {
-                wanted.push(m);
-            }
-        }
-    }
-    let mut order = Vec::new();
-    let mut seen = HashSet::new();
-    for w in &wanted {
-        let mods = db.resolve(w);
-        if mods.is_empty() && !fixed.is_empty() && fixed.contains(w.as_str()) {
+    for w in &fixed_names {
+        if db.resolve(w).is_empty() {
             rep.failed.push(format!("{w}: unknown"));
         }
-        for m in mods {
-            db.visit(&m, &mut seen, &mut order);
-        }
     }
-    for m in order {
-        if sys.join("module").join(&m).exists() {
-            rep.already += 1;
-            continue;
+    // A bus driver (hv_vmbus, virtio_pci, ...) makes the devices behind it appear, with
+    // modaliases of their own: scan again until a pass loads nothing new.
+    let mut seen = HashSet::new();
+    for pass in 0..MAX_MODULE_PASSES {
+        let mut wanted = if pass == 0 {
+            fixed_names.clone()
+        } else {
+            Vec::new()
+        };
+        for alias in modaliases(sys) {
+            for m in db.resolve(&alias) {
+                if !wanted.contains(&m) {
+                    wanted.push(m);
+                }
+            }
         }
-        let Some(p) = db.path(&m) else { continue };
-        match insmod(&p) {
-            Ok(()) => rep.loaded += 1,
-            Err(e) => rep.failed.push(format!("{m}: {e}")),
+        let mut order = Vec::new();
+        for w in &wanted {
+            for m in db.resolve(w) {
+                db.visit(&m, &mut seen, &mut order);
+            }
         }
+        let mut loaded_now = 0;
+        for m in order {
+            if sys.join("module").join(&m).exists() {
+                rep.already += 1;
+                continue;
+            }
+            let Some(p) = db.path(&m) else { continue };
+            match insmod(&p) {
+                Ok(()) => {
+                    rep.loaded += 1;
+                    loaded_now += 1;
+                }
+                Err(e) => rep.failed.push(format!("{m}: {e}")),
+            }
+        }
+        if loaded_now == 0 {
+            break;
+        }
+        // Buses enumerate their devices asynchronously after the driver loads.
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
     rep
 }
+
+/// Hardware scans at boot; each pass after the first only happens when the one before
+/// loaded something.
+const MAX_MODULE_PASSES: usize = 4;
 
 /// `init modules --root DIR [--kver V] [--alias MODALIAS]... [NAME]...`: print the
 /// load order as `insmod PATH` lines (like `modprobe --show-depends`).
