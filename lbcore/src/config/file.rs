@@ -406,6 +406,12 @@ impl Validator<'_> {
                         return Err(at.err(field, "applies only to layer 7 services"));
                     }
                 }
+                if matches!(raw.forwarding, Some(RawForwarding::Snat)) && raw.address.is_ipv6() {
+                    return Err(at.err(
+                        "forwarding",
+                        "snat is available for IPv4 service addresses only (use nat, with the real servers routing through the appliance)",
+                    ));
+                }
                 Layer::Four {
                     forwarding: match raw.forwarding.unwrap_or(RawForwarding::DirectRouting) {
                         RawForwarding::DirectRouting => Forwarding::DirectRouting,

@@ -301,6 +301,15 @@ fn layer4_on_failure() {
             "{value}"
         );
     }
+    let e = error_of(
+        &base
+            .replace("10.0.0.1", "fd00::1")
+            .replace("ports", "forwarding = \"snat\"\nports"),
+    );
+    assert!(
+        e.contains("forwarding") && e.contains("IPv4 service addresses only"),
+        "{e}"
+    );
     let e = error_of(&format!("{base}on_failure = \"drop\"\n"));
     assert!(e.contains("unknown variant `drop`"), "{e}");
     let e = error_of(&HEAD.replace("ports", "on_failure = \"remove\"\nports"));
