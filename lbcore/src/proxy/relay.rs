@@ -1,14 +1,22 @@
-//! Moving bytes between the client and the real server with splice(2): data goes from
-//! one socket into a pipe and from the pipe into the other socket inside the kernel,
-//! so the proxy never copies payload through user space and holds no per-connection
-//! buffers (10,000 idle HL7 links cost almost nothing).
+//! Moving bytes between the client and the real server.
+//!
+//! Small reads (HL7 messages, DICOM responses, request/reply traffic) are copied through
+//! one buffer per worker thread and written on at once: two system calls per message
+//! and no per-connection buffer. When a read fills that buffer the direction is
+//! carrying bulk data (DICOM images), and it switches to splice(2): data goes from one
+//! socket into a pipe and from the pipe into the other socket inside the kernel, so the
+//! payload is never copied through user space. Pipes come from a shared pool and go
+//! back to it as soon as they are empty, so an idle connection holds only its two
+//! sockets (10,000 idle HL7 links cost almost nothing, in memory or descriptors).
 //!
 //! Each direction runs until its source says end-of-file, then half-closes the
 //! destination (`shutdown(SHUT_WR)`), so protocols that close one side first keep
 //! working. The relay ends when both directions are done or either fails.
 
+use std::cell::RefCell;
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::sync::Mutex;
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use tokio::io::Interest;
@@ -16,6 +24,11 @@ use tokio::net::TcpStream;
 
 /// Bytes asked of splice at a time; also the pipe size we request.
 const CHUNK: usize = 256 * 1024;
+/// The copy buffer of each worker thread. A read that fills it switches its direction
+/// to splice; a splice that moves less than this switches back to copying.
+const COPY: usize = 16 * 1024;
+/// Empty pipes kept for reuse (each is two descriptors and a little kernel memory).
+const POOL_MAX: usize = 128;
 
 /// Bytes moved in each direction.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -29,58 +42,195 @@ struct Pipe {
     write: OwnedFd,
 }
 
+static POOL: Mutex<Vec<Pipe>> = Mutex::new(Vec::new());
+
+thread_local! {
+    static BUFFER: RefCell<Box<[u8]>> = RefCell::new(vec![0u8; COPY].into_boxed_slice());
+}
+
 impl Pipe {
-    fn new() -> io::Result<Pipe> {
+    /// An empty pipe from the pool, or a new one.
+    fn take() -> io::Result<Pipe> {
+        if let Some(p) = POOL.lock().unwrap_or_else(|p| p.into_inner()).pop() {
+            return Ok(p);
+        }
         let (read, write) = nix::unistd::pipe2(OFlag::O_NONBLOCK | OFlag::O_CLOEXEC)?;
         // A larger pipe means fewer system calls per megabyte; the kernel may refuse
         // (pipe-max-size, per-user limits) and then the default 64 KiB serves.
         let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
         Ok(Pipe { read, write })
     }
+
+    /// Gives an empty pipe back for reuse (a pipe still holding data is just dropped).
+    fn give_back(self) {
+        let mut pool = POOL.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < POOL_MAX {
+            pool.push(self);
+        }
+    }
 }
 
 /// Relays until both directions have ended. Errors (a reset, a broken pipe) end both.
 pub async fn relay(client: &TcpStream, server: &TcpStream) -> io::Result<Transferred> {
-    let up = Pipe::new()?;
-    let down = Pipe::new()?;
-    let (a, b) = tokio::try_join!(one_way(client, server, &up), one_way(server, client, &down))?;
+    let (a, b) = tokio::try_join!(one_way(client, server), one_way(server, client))?;
     Ok(Transferred {
         client_to_server: a,
         server_to_client: b,
     })
 }
 
-async fn one_way(from: &TcpStream, to: &TcpStream, pipe: &Pipe) -> io::Result<u64> {
-    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
     let mut total = 0u64;
+    let mut bulk = false;
+    // Bytes read but not yet accepted by `to` (only while `to` is slow).
+    let mut pending: Vec<u8> = Vec::new();
     loop {
-        let filled = from
-            .async_io(Interest::READABLE, || {
-                splice(from.as_fd(), None, &pipe.write, None, CHUNK, flags).map_err(io::Error::from)
-            })
-            .await?;
-        if filled == 0 {
+        let moved = if bulk {
+            let n = splice_once(from, to).await?;
+            bulk = n >= COPY;
+            n
+        } else {
+            let (n, sent) = from
+                .async_io(Interest::READABLE, || copy_once(from, to, &mut pending))
+                .await?;
+            if sent < n {
+                write_all(to, &pending).await?;
+                pending = Vec::new();
+            }
+            bulk = n == COPY;
+            n
+        };
+        if moved == 0 {
             // End of file from the source: pass the half-close on.
             shutdown_write(to);
             return Ok(total);
         }
-        let mut left = filled;
-        while left > 0 {
-            let sent = to
-                .async_io(Interest::WRITABLE, || {
-                    splice(&pipe.read, None, to.as_fd(), None, left, flags).map_err(io::Error::from)
-                })
-                .await?;
-            if sent == 0 {
-                return Err(io::Error::new(
-                    io::ErrorKind::WriteZero,
-                    "peer accepted no data",
-                ));
-            }
-            left -= sent;
-        }
-        total += filled as u64;
+        total += moved as u64;
     }
+}
+
+/// One read into this thread's buffer and an immediate write of what was read. Returns
+/// (read, written); what `to` did not take is left in `pending`. Only the read may
+/// report WouldBlock, so that tokio clears the right readiness.
+fn copy_once(
+    from: &TcpStream,
+    to: &TcpStream,
+    pending: &mut Vec<u8>,
+) -> io::Result<(usize, usize)> {
+    BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        // SAFETY: the buffer is valid for its length and borrowed mutably here.
+        let n = unsafe {
+            libc::recv(
+                from.as_raw_fd(),
+                buffer.as_mut_ptr().cast(),
+                buffer.len(),
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let n = n as usize;
+        let mut sent = 0;
+        while sent < n {
+            // SAFETY: the slice is valid; MSG_NOSIGNAL turns SIGPIPE into EPIPE.
+            let w = unsafe {
+                libc::send(
+                    to.as_raw_fd(),
+                    buffer[sent..n].as_ptr().cast(),
+                    n - sent,
+                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                )
+            };
+            if w < 0 {
+                let e = io::Error::last_os_error();
+                match e.kind() {
+                    io::ErrorKind::WouldBlock => break,
+                    io::ErrorKind::Interrupted => continue,
+                    _ => return Err(e),
+                }
+            }
+            sent += w as usize;
+        }
+        if sent < n {
+            pending.extend_from_slice(&buffer[sent..n]);
+        }
+        Ok((n, sent))
+    })
+}
+
+async fn write_all(to: &TcpStream, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        let n = to
+            .async_io(Interest::WRITABLE, || {
+                // SAFETY: as in copy_once.
+                let w = unsafe {
+                    libc::send(
+                        to.as_raw_fd(),
+                        data.as_ptr().cast(),
+                        data.len(),
+                        libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+                    )
+                };
+                if w < 0 {
+                    Err(io::Error::last_os_error())
+                } else {
+                    Ok(w as usize)
+                }
+            })
+            .await?;
+        if n == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "peer accepted no data",
+            ));
+        }
+        data = &data[n..];
+    }
+    Ok(())
+}
+
+/// One splice from `from` into a pooled pipe and on into `to`; returns the bytes moved
+/// (0 at end of file). The pipe goes back to the pool once it is empty.
+async fn splice_once(from: &TcpStream, to: &TcpStream) -> io::Result<usize> {
+    let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK;
+    let mut pipe: Option<Pipe> = None;
+    let filled = from
+        .async_io(Interest::READABLE, || {
+            if pipe.is_none() {
+                pipe = Some(Pipe::take()?);
+            }
+            let p = pipe.as_ref().expect("taken above");
+            let r =
+                splice(from.as_fd(), None, &p.write, None, CHUNK, flags).map_err(io::Error::from);
+            if matches!(&r, Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+                // Nothing to read after all: an idle connection holds no pipe.
+                if let Some(p) = pipe.take() {
+                    p.give_back();
+                }
+            }
+            r
+        })
+        .await?;
+    let pipe = pipe.expect("a pipe was taken before splicing");
+    let mut left = filled;
+    while left > 0 {
+        let sent = to
+            .async_io(Interest::WRITABLE, || {
+                splice(&pipe.read, None, to.as_fd(), None, left, flags).map_err(io::Error::from)
+            })
+            .await?;
+        if sent == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "peer accepted no data",
+            ));
+        }
+        left -= sent;
+    }
+    pipe.give_back();
+    Ok(filled)
 }
 
 fn shutdown_write(stream: &TcpStream) {
