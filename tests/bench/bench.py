@@ -145,6 +145,8 @@ class Bench:
             # connections (client and proxies), wide port range, deep accept queues.
             h.run(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
                    "net.ipv4.ip_local_port_range=1024 65535",
+                   # ... except the proxies' listening ports (a fresh proxy binds later).
+                   "net.ipv4.ip_local_reserved_ports=10000-32767",
                    "net.core.somaxconn=4096", "net.ipv4.tcp_max_syn_backlog=8192"])
         self.proxy_pid = {}
         self.samples = {}  # (row, path) -> [values]
@@ -420,9 +422,11 @@ CPU used by the proxy process during each measurement (median; 100% = one core):
 - Servers: `lbbench serve` (bulk sink, request/reply, MLLP ACK) and
   `storescp --ignore` (receives every byte, writes nothing) in the server host. Clients:
   `lbbench` and `storescu` in the client host. The same peers serve all three paths.
-- HAProxy: Debian's package, TCP mode, `nbthread 2`, `option splice-auto` (splice for
-  large transfers, buffers for small ones), `option tcpka`, `maxconn` from the
-  file-descriptor limit, `maxpipes 64`, no logging, no checks.
+- HAProxy: Debian's package, TCP mode, `nbthread 2`, `option splice-request` and
+  `option splice-response` with `tune.pipesize 262144` (the same pipe size as lbcore;
+  faster than `splice-auto` on bulk in trial runs here, and no slower elsewhere),
+  `option tcpka`, `maxconn` from the file-descriptor limit, `maxpipes {HAPROXY_MAXPIPES}`,
+  no logging, no checks.
 - lbcore: `target/release/lbcore`, one Layer 7 service per workload, `check = {{ kind = "none" }}`,
   round robin to the single server, log level `warn`; its own runtime settings (two
   worker threads on two cores).
@@ -430,17 +434,19 @@ CPU used by the proxy process during each measurement (median; 100% = one core):
   {m['cores']} cores; both proxies run two threads. Every path pays for its work on the
   same cores, so a proxy's cost shows in the ratios against direct; the CPU table
   shows each proxy's own cost.
-- Sysctls in every namespace: `tcp_tw_reuse=1`, `ip_local_port_range=1024 65535`,
-  `somaxconn=4096`.
+- Sysctls in every namespace: `tcp_tw_reuse=1`, `ip_local_port_range=1024 65535`
+  (listening ports 10000-32767 reserved), `somaxconn=4096`.
 - Bulk: N connections write 256 KiB buffers for {args.secs:g} s, half-close, and the server
   answers with the bytes it received; Gbit/s = bytes received / wall time.
 - Connection rate: 64 concurrent clients, each a loop of connect, 64-byte request,
   512-byte reply, close; latency from before connect() to the last reply byte.
 - HL7: 16 long-lived connections, each a loop of one ADT^A01 (≈280 bytes, MLLP framed)
   and waiting for its ACK.
-- DICOM: `storescu +sd` sends {args.images} Secondary Capture images of 512×512 pixels
-  (≈256 KiB each, written by `tests/peers/dicom_files.py`) over one association; images/s =
-  {args.images} / wall time of storescu.
+- DICOM: `storescu +sd` ({args.dicom_repeat} runs per measurement) sends {args.images} Secondary Capture images of 512×512 pixels
+  (≈256 KiB each, written by `tests/peers/dicom_files.py`) over one association to
+  `storescp --ignore`; images/s = images / wall time of storescu. Both dcmtk peers run
+  with `TCP_NODELAY=1` (Debian's dcmtk leaves Nagle on, and then every image waits
+  on delayed ACKs: ~16 images/s on every path, which measures timers, not the path).
 - Memory: a fresh proxy of each kind, {bench.mem_target:,} idle connections opened through it (one
   request/reply each, so both legs are established) and held; peak RSS is VmHWM. The
   target is 10,000 but the container's hard limit on open files
