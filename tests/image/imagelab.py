@@ -189,3 +189,16 @@ def gpt_partition(disk, name):
             first, last = struct.unpack_from("<QQ", e, 32)
             return first * 512, (last - first + 1) * 512
     raise AssertionError(f"no partition {name}")
+
+
+def preload_data(disk, tmp_path, files):
+    """Makes the data partition an ext4 "LBDATA" file system holding `files`
+    ({relative path: text}), as init would have made it at first boot."""
+    root = tmp_path / "data"
+    for rel, text in files.items():
+        p = root / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(text)
+    offset, size = gpt_partition(disk, "LBDATA")
+    run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "LBDATA", "-E", f"offset={offset}",
+        "-d", root, disk, f"{size // 1024}k")

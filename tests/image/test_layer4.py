@@ -29,8 +29,8 @@ import time
 
 import pytest
 
-from imagelab import TOP, disk_copy, note, run
-from test_vm import GUEST, choose, gpt_partition, ping, services_ready, wizard_static
+from imagelab import TOP, disk_copy, note, preload_data, run
+from test_vm import GUEST, choose, ping, services_ready, wizard_static
 
 sys.path.insert(0, str(TOP / "tests"))
 from netlab import Host, Lab, wait_for  # noqa: E402
@@ -75,19 +75,6 @@ CONFIG = (
               "max_connections = 500\nmin_connections = 10\n")
     + service("DICOM_SNAT", VIP_SNAT, "snat")
 )
-
-
-def preload_data(disk, tmp_path, files):
-    """Makes the data partition an ext4 "LBDATA" file system holding `files`
-    ({relative path: text}), as init would have made it at first boot."""
-    root = tmp_path / "data"
-    for rel, text in files.items():
-        p = root / rel
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(text)
-    offset, size = gpt_partition(disk, "LBDATA")
-    run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "LBDATA", "-E", f"offset={offset}",
-        "-d", root, disk, f"{size // 1024}k")
 
 
 class Topology:
