@@ -221,7 +221,13 @@ impl Daemon {
         self.services.retain(|label, _| {
             let keep = wanted.contains(label.as_str());
             if !keep {
-                info!(service = %label, "service removed; its established connections continue");
+                // Proxied connections keep running, but only while their address stays
+                // local: if lbcore added the service address and no other service uses it,
+                // it is removed below and those connections stop receiving packets.
+                info!(
+                    service = %label,
+                    "service removed: no new connections; established ones continue while its address stays on this system"
+                );
             }
             keep
         });
