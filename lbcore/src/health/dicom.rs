@@ -438,15 +438,7 @@ mod tests {
 
     #[tokio::test]
     async fn silent_server_times_out_waiting_for_associate_ac() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        // Accepts and holds connections, never says a word.
-        let _silent = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
-        });
+        let (port, _silent) = crate::health::testutil::silent_server().await;
         let timeout = Duration::from_millis(700);
         let start = Instant::now();
         let result = crate::health::probe(&echo_probe("LB-SCP"), &local(port), timeout).await;

@@ -211,7 +211,6 @@ mod tests {
     use std::process::Stdio;
 
     use tokio::io::{AsyncBufReadExt, BufReader};
-    use tokio::net::TcpListener;
     use tokio::process::{Child, Command};
 
     use super::*;
@@ -299,14 +298,7 @@ mod tests {
 
     #[tokio::test]
     async fn silent_server_times_out() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let _silent = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
-        });
+        let (port, _silent) = crate::health::testutil::silent_server().await;
         let start = std::time::Instant::now();
         let result =
             crate::health::probe(&hl7(None), &local(port), Duration::from_millis(500)).await;

@@ -396,14 +396,7 @@ mod tests {
 
     #[tokio::test]
     async fn silent_server_times_out() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let _silent = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
-        });
+        let (port, _silent) = crate::health::testutil::silent_server().await;
         let result = crate::health::probe(
             &http("/", 200, false, None),
             &local(port),

@@ -33,6 +33,22 @@ pub fn local(port: u16) -> Target {
     }
 }
 
+/// A loopback server that accepts connections, holds them and never says a word (up at
+/// the TCP level, dead above it). Returns its port; aborting the task closes it.
+pub async fn silent_server() -> (u16, tokio::task::JoinHandle<()>) {
+    let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    (port, task)
+}
+
 /// Waits until something accepts TCP connections on 127.0.0.1:`port`.
 pub async fn wait_listening(port: u16) {
     for _ in 0..200 {
