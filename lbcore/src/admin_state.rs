@@ -3,7 +3,7 @@
 //! Written atomically: a crash leaves either the old file or the new one.
 
 use std::collections::BTreeMap;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use tracing::warn;
@@ -52,27 +52,8 @@ impl AdminStates {
         }
         self.states.retain(|_, s| !s.is_empty());
         let text = serde_json::to_string_pretty(&self.states).map_err(io::Error::other)?;
-        write_atomically(&self.path, text.as_bytes())
+        crate::atomic_file::write(&self.path, text.as_bytes())
     }
-}
-
-/// temp file, fsync, rename over the old one, fsync the directory.
-pub fn write_atomically(path: &Path, data: &[u8]) -> io::Result<()> {
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| io::Error::other(format!("{} is not a file path", path.display())))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
-    {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

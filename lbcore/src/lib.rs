@@ -5,6 +5,7 @@
 //! - [`ipvs`]: Layer 4 services on the kernel's IPVS (generic netlink), SNAT rules.
 pub mod addresses;
 pub mod admin_state;
+pub mod atomic_file;
 pub mod config;
 pub mod control;
 pub mod daemon;

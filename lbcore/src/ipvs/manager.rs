@@ -229,15 +229,10 @@ fn load_owned(path: &std::path::Path) -> BTreeSet<ServiceKey> {
     }
 }
 
-/// Replaces the file atomically (temporary file, fsync, rename).
+/// Replaces the file atomically.
 fn save_owned(path: &std::path::Path, owned: &BTreeSet<ServiceKey>) -> std::io::Result<()> {
-    use std::io::Write;
     let text = serde_json::to_string_pretty(owned).map_err(std::io::Error::other)?;
-    let tmp = path.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    crate::atomic_file::write(path, text.as_bytes())
 }
 
 /// Writes each sysctl; returns whether all succeeded (failures are logged).

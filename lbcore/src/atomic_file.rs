@@ -1,0 +1,25 @@
+//! Replacing a small state file so that a crash or power loss leaves either the old
+//! content or the new one, never a torn file: the one way lbcore writes its files.
+
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Writes `data` to a temporary file beside `path`, fsyncs it, renames it over `path`,
+/// then fsyncs the directory so that the rename itself survives a power loss.
+pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} is not a file path", path.display())))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir)?.sync_all()
+}
