@@ -58,7 +58,12 @@ impl Scheduler {
         for (i, s) in candidates.iter().enumerate() {
             let w = i64::from(weight(s));
             total += w;
-            let c = self.credit.entry(s.label.clone()).or_insert(0);
+            // Looked up by &str first: the label is cloned only the first time a server
+            // is seen, not on every pick.
+            let c = match self.credit.get_mut(s.label.as_str()) {
+                Some(c) => c,
+                None => self.credit.entry(s.label.clone()).or_insert(0),
+            };
             *c += w;
             if *c > best_credit {
                 best_credit = *c;
