@@ -27,6 +27,14 @@ pub enum Request {
     /// Reads the configuration file again; an invalid one is refused and the running
     /// configuration stays.
     Reload,
+    /// Makes `config` (TOML text) the configuration: validated and its ports bound
+    /// first, then written to the configuration file atomically, then applied. A
+    /// refused one changes neither the file nor what runs.
+    Apply {
+        config: String,
+    },
+    /// The configuration file's text, as the running configuration was read from it.
+    ShowConfig,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -38,6 +46,9 @@ pub struct Response {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<Status>,
+    /// The configuration file's text (`show-config`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<String>,
 }
 
 impl Response {

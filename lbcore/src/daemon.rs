@@ -74,6 +74,12 @@ struct Daemon {
 
 type Command = (Request, oneshot::Sender<Response>);
 
+/// A configuration that passed every check, with the new ports already bound.
+struct Prepared {
+    config: Config,
+    bound: HashMap<(String, SocketAddr), proxy::Listener>,
+}
+
 /// Runs lbcore until SIGTERM or SIGINT. Fails at start when the configuration is
 /// invalid or a service port cannot be bound.
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -167,6 +173,18 @@ impl Daemon {
                 Ok(summary) => Response::ok(summary),
                 Err(e) => Response::error(e),
             },
+            Request::Apply { config } => match self.apply_text(config).await {
+                Ok(summary) => Response::ok(summary),
+                Err(e) => Response::error(e),
+            },
+            Request::ShowConfig => match self.config_text().await {
+                Ok(text) => Response {
+                    ok: true,
+                    config: Some(text),
+                    ..Response::default()
+                },
+                Err(e) => Response::error(e),
+            },
             Request::SetState {
                 service,
                 server,
@@ -192,9 +210,57 @@ impl Daemon {
         result
     }
 
+    /// Makes `text` the configuration file and the running configuration, or changes
+    /// neither and says why not. The file is replaced only once the configuration is
+    /// known to be valid and its ports are bound, so that what runs and what the next
+    /// start reads stay the same.
+    async fn apply_text(&mut self, text: String) -> Result<String, String> {
+        let path = self.opts.config.clone();
+        let result = async {
+            let new = config::parse(&text).map_err(|e| e.with_path(&path).to_string())?;
+            let prepared = self.prepare(new)?;
+            let target = path.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Some(dir) = target.parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                crate::atomic_file::write(&target, text.as_bytes())
+            })
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+            .map_err(|e| format!("cannot save {}: {e}", path.display()))?;
+            Ok(self.commit(prepared).await)
+        }
+        .await;
+        match &result {
+            Ok(summary) => info!("new configuration applied: {summary}"),
+            Err(e) => error!("new configuration refused, the running one stays: {e}"),
+        }
+        result
+    }
+
+    /// The configuration file as it is now (empty when none was written yet).
+    async fn config_text(&self) -> Result<String, String> {
+        let path = self.opts.config.clone();
+        tokio::task::spawn_blocking(move || match std::fs::read_to_string(&path) {
+            Ok(t) => Ok(t),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        })
+        .await
+        .map_err(|e| format!("the reading task failed: {e}"))?
+    }
+
     /// Makes `new` the running configuration, or changes nothing and says why not.
     async fn apply(&mut self, new: Config) -> Result<String, String> {
-        // Phase 1: everything that can fail. Ports are bound here, before any change.
+        let prepared = self.prepare(new)?;
+        Ok(self.commit(prepared).await)
+    }
+
+    /// Phase 1 of a change: everything that can fail. Ports are bound here, before
+    /// anything running is touched.
+    fn prepare(&self, new: Config) -> Result<Prepared, String> {
         let mut bound: HashMap<(String, SocketAddr), proxy::Listener> = HashMap::new();
         for svc in new
             .services
@@ -215,8 +281,16 @@ impl Daemon {
                 }
             }
         }
+        Ok(Prepared { config: new, bound })
+    }
 
-        // Phase 2: commit. Nothing below can refuse the configuration.
+    /// Phase 2: makes a prepared configuration the running one; nothing here can
+    /// refuse it. Returns a summary for the log and the operator.
+    async fn commit(&mut self, prepared: Prepared) -> String {
+        let Prepared {
+            config: new,
+            mut bound,
+        } = prepared;
         let wanted: BTreeSet<&str> = new.services.iter().map(|s| s.label.as_str()).collect();
         self.services.retain(|label, _| {
             let keep = wanted.contains(label.as_str());
@@ -289,13 +363,13 @@ impl Daemon {
             .iter()
             .filter(|s| s.layer.number() == 7)
             .count();
-        Ok(format!(
+        format!(
             "configuration {} loaded: {} service(s), {} at layer 7, {} at layer 4",
             self.opts.config.display(),
             self.config.services.len(),
             l7,
             self.config.services.len() - l7
-        ))
+        )
     }
 
     /// Brings the kernel's IPVS table in step with the Layer 4 services.

@@ -10,7 +10,7 @@ use lbcore::server::AdminState;
 #[derive(Parser)]
 #[command(
     version,
-    about = "Control the load-balancing core: status, drain/halt/online, reload"
+    about = "Control the load-balancing core: status, drain/halt/online, reload, apply a configuration"
 )]
 struct Args {
     /// lbcore's control socket.
@@ -36,6 +36,11 @@ enum Command {
     Online { service: String, server: String },
     /// Read the configuration file again (an invalid one is refused; the running one stays).
     Reload,
+    /// Make FILE the configuration: checked and its ports bound first, then saved over
+    /// the configuration file and applied; a refused one changes nothing.
+    Apply { file: PathBuf },
+    /// Print the configuration file lbcore runs from.
+    ShowConfig,
 }
 
 fn main() -> ExitCode {
@@ -46,6 +51,14 @@ fn main() -> ExitCode {
         Command::Halt { service, server } => (set(service, server, AdminState::Halt), false),
         Command::Online { service, server } => (set(service, server, AdminState::Online), false),
         Command::Reload => (Request::Reload, false),
+        Command::Apply { file } => match std::fs::read_to_string(&file) {
+            Ok(config) => (Request::Apply { config }, false),
+            Err(e) => {
+                eprintln!("lbctl: cannot read {}: {e}", file.display());
+                return ExitCode::from(2);
+            }
+        },
+        Command::ShowConfig => (Request::ShowConfig, false),
     };
     let response = match control::call(&args.socket, &request) {
         Ok(r) => r,
@@ -85,6 +98,9 @@ fn print_response(response: &Response, json: bool) -> ExitCode {
         } else {
             print!("{}", table(status));
         }
+    }
+    if let Some(config) = &response.config {
+        print!("{config}");
     }
     if let Some(message) = &response.message {
         println!("{message}");

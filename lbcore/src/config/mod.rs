@@ -298,7 +298,8 @@ fn location(line: Option<usize>, column: Option<usize>) -> String {
 }
 
 impl ConfigError {
-    fn with_path(self, p: &Path) -> Self {
+    /// Names the file the text came from (or is meant for) in the message.
+    pub fn with_path(self, p: &Path) -> Self {
         match self {
             ConfigError::Syntax { message, .. } => ConfigError::Syntax {
                 path: Some(p.to_path_buf()),
