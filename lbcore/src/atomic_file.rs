@@ -2,11 +2,18 @@
 //! content or the new one, never a torn file: the one way lbcore writes its files.
 
 use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 /// Writes `data` to a temporary file beside `path`, fsyncs it, renames it over `path`,
 /// then fsyncs the directory so that the rename itself survives a power loss.
 pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
+    write_with_mode(path, data, 0o644)
+}
+
+/// [`write`] with the file's permission bits: a private key is never readable by
+/// others, not even for the moment between create and chmod.
+pub fn write_with_mode(path: &Path, data: &[u8], mode: u32) -> io::Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -15,8 +22,14 @@ pub fn write(path: &Path, data: &[u8]) -> io::Result<()> {
         .file_name()
         .ok_or_else(|| io::Error::other(format!("{} is not a file path", path.display())))?;
     let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    // a leftover from a crash may have other permissions: start afresh
+    let _ = std::fs::remove_file(&tmp);
     {
-        let mut f = std::fs::File::create(&tmp)?;
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
     }

@@ -3,6 +3,7 @@
 //! - [`config`]: the one configuration model (TOML on /data) and its validation.
 //! - [`health`]: health-check probes (TCP, ping, DICOM C-ECHO, HL7/MLLP, HTTP, script).
 //! - [`ipvs`]: Layer 4 services on the kernel's IPVS (generic netlink), SNAT rules.
+//! - [`web`]: the HTTPS JSON API (`lbweb`) that changes and shows all of this.
 pub mod addresses;
 pub mod admin_state;
 pub mod atomic_file;
@@ -17,3 +18,4 @@ pub mod proxy;
 pub mod scheduler;
 pub mod server;
 pub mod service;
+pub mod web;

@@ -1,0 +1,462 @@
+//! The routes of the JSON API and what each asks of lbcore. Every answer is JSON;
+//! an error is `{"error": "..."}` with a status code that says whose mistake it was.
+//!
+//! | Method and path | Body | Answer |
+//! |---|---|---|
+//! | `POST /api/login` | `{"user", "password"}` | session cookie, `{"user", "csrf_token"}` |
+//! | `POST /api/logout` | – | the session ends |
+//! | `GET /api/session` | – | `{"user", "csrf_token"}` of the current session |
+//! | `GET /api/status` | – | the System Overview (lbcore's status, IPVS table included) |
+//! | `GET /api/config` | – | `{"text"}`: lbcore's configuration file |
+//! | `PUT /api/config` | `{"text"}` | applied, or refused with the reason; nothing changes then |
+//! | `POST /api/services/{service}/servers/{server}/state` | `{"state": "drain"\|"halt"\|"online"}` | done |
+//!
+//! Everything but login needs the session cookie; every request that changes
+//! something also needs the header `X-CSRF-Token` with the session's token, and a body
+//! of type `application/json` (which a cross-site form cannot send).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use super::auth::{self, Auth, LoginError, Session};
+use crate::control;
+use crate::server::AdminState;
+
+pub const SESSION_COOKIE: &str = "medlb_session";
+pub const CSRF_HEADER: &str = "x-csrf-token";
+/// The largest request body accepted (a configuration file fits many times over).
+const MAX_BODY: usize = 1 << 20;
+
+pub type Reply = Response<Full<Bytes>>;
+
+/// A request that cannot be served, and why.
+#[derive(Debug)]
+pub struct Failure {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<u64>,
+    allow: Option<&'static str>,
+}
+
+impl Failure {
+    fn new(status: StatusCode, message: impl Into<String>) -> Failure {
+        Failure {
+            status,
+            message: message.into(),
+            retry_after: None,
+            allow: None,
+        }
+    }
+
+    fn reply(self) -> Reply {
+        let mut r = json(
+            self.status,
+            &ErrorBody {
+                error: self.message,
+            },
+        );
+        if let Some(secs) = self.retry_after {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        if let Some(allow) = self.allow {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        r
+    }
+}
+
+#[derive(Serialize)]
+struct ErrorBody {
+    error: String,
+}
+
+#[derive(Serialize)]
+struct SessionBody<'a> {
+    user: &'a str,
+    csrf_token: &'a str,
+}
+
+#[derive(Serialize)]
+struct MessageBody {
+    message: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoginBody {
+    user: String,
+    password: String,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigBody {
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateBody {
+    state: AdminState,
+}
+
+pub struct Api {
+    auth: Auth,
+    /// lbcore's control socket.
+    control: PathBuf,
+}
+
+impl Api {
+    pub fn new(auth: Auth, control: PathBuf) -> Api {
+        Api { auth, control }
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Reply {
+        let mut reply = match self.route(req, peer).await {
+            Ok(r) => r,
+            Err(f) => {
+                if f.status.is_server_error() {
+                    warn!(%peer, "{}", f.message);
+                }
+                f.reply()
+            }
+        };
+        let h = reply.headers_mut();
+        for (name, value) in [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'"),
+            (header::STRICT_TRANSPORT_SECURITY, "max-age=31536000"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ] {
+            h.insert(name, HeaderValue::from_static(value));
+        }
+        reply
+    }
+
+    async fn route(&self, req: Request<Incoming>, peer: IpAddr) -> Result<Reply, Failure> {
+        let segments: Vec<String> = req
+            .uri()
+            .path()
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(percent_decode)
+            .collect::<Option<_>>()
+            .ok_or_else(|| Failure::new(StatusCode::BAD_REQUEST, "badly encoded path"))?;
+        let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
+        match segments.as_slice() {
+            ["api", "login"] => {
+                allow(&req, &[Method::POST], "POST")?;
+                self.login(req, peer).await
+            }
+            ["api", "logout"] => {
+                allow(&req, &[Method::POST], "POST")?;
+                let (token, _) = self.change(&req)?;
+                self.auth.logout(&token);
+                let mut r = json(
+                    StatusCode::OK,
+                    &MessageBody {
+                        message: "logged out".into(),
+                    },
+                );
+                r.headers_mut().insert(
+                    header::SET_COOKIE,
+                    HeaderValue::from_static(
+                        "medlb_session=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict",
+                    ),
+                );
+                Ok(r)
+            }
+            ["api", "session"] => {
+                allow(&req, &[Method::GET], "GET")?;
+                let (_, s) = self.session(&req)?;
+                Ok(json(
+                    StatusCode::OK,
+                    &SessionBody {
+                        user: &s.user,
+                        csrf_token: &s.csrf,
+                    },
+                ))
+            }
+            ["api", "status"] => {
+                allow(&req, &[Method::GET], "GET")?;
+                self.session(&req)?;
+                let answer = self.ask(control::Request::Status).await?;
+                let status = answer.status.ok_or_else(|| {
+                    Failure::new(StatusCode::BAD_GATEWAY, "lbcore sent no status")
+                })?;
+                Ok(json(StatusCode::OK, &status))
+            }
+            ["api", "config"] if req.method() == Method::GET => {
+                self.session(&req)?;
+                let answer = self.ask(control::Request::ShowConfig).await?;
+                Ok(json(
+                    StatusCode::OK,
+                    &ConfigBody {
+                        text: answer.config.unwrap_or_default(),
+                    },
+                ))
+            }
+            ["api", "config"] => {
+                allow(&req, &[Method::PUT], "GET, PUT")?;
+                let (_, s) = self.change(&req)?;
+                let body: ConfigBody = read_json(req).await?;
+                let answer = self
+                    .ask(control::Request::Apply { config: body.text })
+                    .await?;
+                info!(user = %s.user, %peer, "configuration applied: {}", answer.message.as_deref().unwrap_or(""));
+                Ok(json(
+                    StatusCode::OK,
+                    &MessageBody {
+                        message: answer.message.unwrap_or_default(),
+                    },
+                ))
+            }
+            ["api", "services", service, "servers", server, "state"] => {
+                allow(&req, &[Method::POST], "POST")?;
+                let (_, s) = self.change(&req)?;
+                let (service, server) = (service.to_string(), server.to_string());
+                let body: StateBody = read_json(req).await?;
+                let answer = self
+                    .ask(control::Request::SetState {
+                        service,
+                        server,
+                        state: body.state,
+                    })
+                    .await?;
+                let message = answer.message.unwrap_or_default();
+                info!(user = %s.user, %peer, "{message}");
+                Ok(json(StatusCode::OK, &MessageBody { message }))
+            }
+            ["api", ..] => Err(Failure::new(StatusCode::NOT_FOUND, "no such API path")),
+            _ => Err(Failure::new(StatusCode::NOT_FOUND, "not found")),
+        }
+    }
+
+    async fn login(&self, req: Request<Incoming>, peer: IpAddr) -> Result<Reply, Failure> {
+        let body: LoginBody = read_json(req).await?;
+        match self.auth.login(&body.user, &body.password, peer).await {
+            Ok((token, session)) => {
+                info!(user = %session.user, %peer, "logged in");
+                let mut r = json(
+                    StatusCode::OK,
+                    &SessionBody {
+                        user: &session.user,
+                        csrf_token: &session.csrf,
+                    },
+                );
+                let cookie =
+                    format!("{SESSION_COOKIE}={token}; Path=/; Secure; HttpOnly; SameSite=Strict");
+                let value = HeaderValue::from_str(&cookie)
+                    .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+                r.headers_mut().insert(header::SET_COOKIE, value);
+                Ok(r)
+            }
+            Err(e) => {
+                let status = match e {
+                    LoginError::Wrong => {
+                        warn!(user = %body.user, %peer, "failed login");
+                        StatusCode::UNAUTHORIZED
+                    }
+                    LoginError::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
+                    LoginError::NoAccount => StatusCode::SERVICE_UNAVAILABLE,
+                    LoginError::Account(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                };
+                let mut f = Failure::new(status, e.to_string());
+                if let LoginError::Locked(secs) = e {
+                    f.retry_after = Some(secs);
+                }
+                Err(f)
+            }
+        }
+    }
+
+    /// The caller's session (cookie value and session), or 401.
+    fn session<B>(&self, req: &Request<B>) -> Result<(String, Session), Failure> {
+        let token = cookie(req.headers(), SESSION_COOKIE).ok_or_else(|| {
+            Failure::new(StatusCode::UNAUTHORIZED, "log in first (POST /api/login)")
+        })?;
+        let session = self.auth.session(&token).ok_or_else(|| {
+            Failure::new(
+                StatusCode::UNAUTHORIZED,
+                "the session has ended: log in again",
+            )
+        })?;
+        Ok((token, session))
+    }
+
+    /// The session of a request that changes something: the CSRF token must match.
+    fn change<B>(&self, req: &Request<B>) -> Result<(String, Session), Failure> {
+        let (token, session) = self.session(req)?;
+        let sent = req
+            .headers()
+            .get(CSRF_HEADER)
+            .map(HeaderValue::as_bytes)
+            .unwrap_or_default();
+        if !auth::same(sent, session.csrf.as_bytes()) {
+            return Err(Failure::new(
+                StatusCode::FORBIDDEN,
+                "missing or wrong X-CSRF-Token header (the csrf_token of the login answer)",
+            ));
+        }
+        Ok((token, session))
+    }
+
+    /// One request to lbcore; a refusal becomes 422 with lbcore's reason.
+    async fn ask(&self, request: control::Request) -> Result<control::Response, Failure> {
+        let socket = self.control.clone();
+        let answer = tokio::task::spawn_blocking(move || control::call(&socket, &request))
+            .await
+            .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+            .map_err(|e| match e {
+                control::ClientError::Connect { .. } => {
+                    Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+                }
+                _ => Failure::new(StatusCode::BAD_GATEWAY, e.to_string()),
+            })?;
+        if answer.ok {
+            Ok(answer)
+        } else {
+            Err(Failure::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                answer.error.unwrap_or_else(|| "refused".into()),
+            ))
+        }
+    }
+}
+
+fn allow<B>(req: &Request<B>, methods: &[Method], list: &'static str) -> Result<(), Failure> {
+    if methods.contains(req.method()) {
+        return Ok(());
+    }
+    let mut f = Failure::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("{} is not allowed here (allowed: {list})", req.method()),
+    );
+    f.allow = Some(list);
+    Err(f)
+}
+
+/// Reads a JSON body of at most [`MAX_BODY`] bytes.
+async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Failure> {
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(Failure::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "the body must be JSON (Content-Type: application/json)",
+        ));
+    }
+    let bytes = Limited::new(req.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                Failure::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the body is larger than {MAX_BODY} bytes"),
+                )
+            } else {
+                Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the body: {e}"),
+                )
+            }
+        })?
+        .to_bytes();
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            format!("the body is not valid: {e}"),
+        )
+    })
+}
+
+fn json(status: StatusCode, body: &impl Serialize) -> Reply {
+    let (status, text) = match serde_json::to_vec(body) {
+        Ok(t) => (status, t),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{{\"error\":\"cannot encode the answer: {e}\"}}").into_bytes(),
+        ),
+    };
+    let mut r = Response::new(Full::new(Bytes::from(text)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The value of cookie `name` in the request's Cookie headers.
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_string())
+}
+
+/// Decodes `%XX` escapes of a path segment; `None` when they are malformed or the
+/// result is not UTF-8.
+fn percent_decode(segment: &str) -> Option<String> {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_are_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; medlb_session=abc"),
+        );
+        assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
+        assert_eq!(cookie(&h, "b"), None);
+    }
+
+    #[test]
+    fn path_segments_are_decoded() {
+        assert_eq!(percent_decode("DS%5FDICOM").as_deref(), Some("DS_DICOM"));
+        assert_eq!(percent_decode("plain").as_deref(), Some("plain"));
+        assert_eq!(percent_decode("bad%4"), None);
+        assert_eq!(percent_decode("bad%zz"), None);
+        assert_eq!(percent_decode("%ff"), None);
+    }
+}

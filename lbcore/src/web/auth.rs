@@ -1,0 +1,364 @@
+//! Who may use the API: the admin account that the console wizard wrote
+//! (`/data/config/admin.toml`, an argon2id hash; written by init's `admin` module),
+//! sessions held in memory behind a random cookie, a CSRF token per session, and a
+//! brake on guessing passwords.
+//!
+//! The account file is read at every login, so a password reset from the console menu
+//! counts at once. Sessions end after a time without use and after a fixed lifetime,
+//! and all of them end when lbweb restarts.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::PasswordVerifier;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+
+/// Failed logins from one address before it must wait.
+const MAX_FAILURES: u32 = 5;
+/// How long an address that failed too often must wait.
+const LOCKOUT: Duration = Duration::from_secs(60);
+/// Sessions held at most; the least recently used goes first.
+const MAX_SESSIONS: usize = 64;
+/// Addresses with failed logins remembered at most (a flood cannot grow memory).
+const MAX_TRACKED: usize = 4096;
+
+/// The contents of admin.toml (the format init's wizard writes).
+#[derive(Debug, Deserialize)]
+struct AdminFile {
+    user: String,
+    password_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user: String,
+    pub csrf: String,
+    created: Instant,
+    last_used: Instant,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum LoginError {
+    #[error("wrong user name or password")]
+    Wrong,
+    #[error("too many failed logins from this address: try again in {0} s")]
+    Locked(u64),
+    #[error("no admin password is set yet: finish the setup wizard on the appliance's console")]
+    NoAccount,
+    #[error("cannot read the admin account: {0}")]
+    Account(String),
+}
+
+#[derive(Default)]
+struct Failures {
+    count: u32,
+    locked_until: Option<Instant>,
+    last: Option<Instant>,
+}
+
+pub struct Auth {
+    admin_file: PathBuf,
+    idle: Duration,
+    lifetime: Duration,
+    sessions: Mutex<HashMap<String, Session>>,
+    failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// argon2 takes ~20 MB and tens of milliseconds per try: a flood of logins waits
+    /// here instead of taking all memory and both cores.
+    verifying: Semaphore,
+    random: SystemRandom,
+}
+
+impl Auth {
+    pub fn new(admin_file: PathBuf, idle: Duration, lifetime: Duration) -> Auth {
+        Auth {
+            admin_file,
+            idle,
+            lifetime,
+            sessions: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
+            verifying: Semaphore::new(2),
+            random: SystemRandom::new(),
+        }
+    }
+
+    /// Checks the user name and password; on success returns the new session's cookie
+    /// value and the session.
+    pub async fn login(
+        &self,
+        user: &str,
+        password: &str,
+        peer: IpAddr,
+    ) -> Result<(String, Session), LoginError> {
+        if let Some(wait) = self.locked(peer, Instant::now()) {
+            return Err(LoginError::Locked(wait.as_secs().max(1)));
+        }
+        let _permit = self
+            .verifying
+            .acquire()
+            .await
+            .map_err(|e| LoginError::Account(e.to_string()))?;
+        let path = self.admin_file.clone();
+        let (user, password) = (user.to_string(), password.to_string());
+        let verdict = tokio::task::spawn_blocking(move || check(&path, &user, &password))
+            .await
+            .map_err(|e| LoginError::Account(format!("the checking task failed: {e}")))?;
+        let now = Instant::now();
+        match verdict {
+            Ok(user) => {
+                self.lock_failures().remove(&peer);
+                let token = self.token().map_err(LoginError::Account)?;
+                let session = Session {
+                    user,
+                    csrf: self.token().map_err(LoginError::Account)?,
+                    created: now,
+                    last_used: now,
+                };
+                let mut sessions = self.lock_sessions();
+                self.prune(&mut sessions, now);
+                if sessions.len() >= MAX_SESSIONS {
+                    if let Some(oldest) = sessions
+                        .iter()
+                        .min_by_key(|(_, s)| s.last_used)
+                        .map(|(k, _)| k.clone())
+                    {
+                        sessions.remove(&oldest);
+                    }
+                }
+                sessions.insert(token.clone(), session.clone());
+                Ok((token, session))
+            }
+            Err(LoginError::Wrong) => {
+                self.failed(peer, now);
+                Err(LoginError::Wrong)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The session for a cookie value, if it is still valid (and marks it used).
+    pub fn session(&self, token: &str) -> Option<Session> {
+        self.session_at(token, Instant::now())
+    }
+
+    fn session_at(&self, token: &str, now: Instant) -> Option<Session> {
+        let mut sessions = self.lock_sessions();
+        let s = sessions.get_mut(token)?;
+        if self.expired(s, now) {
+            sessions.remove(token);
+            return None;
+        }
+        s.last_used = now;
+        Some(s.clone())
+    }
+
+    pub fn logout(&self, token: &str) {
+        self.lock_sessions().remove(token);
+    }
+
+    fn expired(&self, s: &Session, now: Instant) -> bool {
+        now.duration_since(s.last_used) > self.idle || now.duration_since(s.created) > self.lifetime
+    }
+
+    fn prune(&self, sessions: &mut HashMap<String, Session>, now: Instant) {
+        sessions.retain(|_, s| !self.expired(s, now));
+    }
+
+    fn locked(&self, peer: IpAddr, now: Instant) -> Option<Duration> {
+        let failures = self.lock_failures();
+        let until = failures.get(&peer)?.locked_until?;
+        (until > now).then(|| until - now)
+    }
+
+    fn failed(&self, peer: IpAddr, now: Instant) {
+        let mut failures = self.lock_failures();
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&peer) {
+            // forget addresses quiet for longest; a locked one is kept while locked
+            failures.retain(|_, f| {
+                f.locked_until.is_some_and(|u| u > now)
+                    || f.last.is_some_and(|l| now.duration_since(l) < LOCKOUT)
+            });
+            if failures.len() >= MAX_TRACKED {
+                return;
+            }
+        }
+        let f = failures.entry(peer).or_default();
+        if f.last.is_some_and(|l| now.duration_since(l) > LOCKOUT * 5) {
+            f.count = 0;
+        }
+        f.count += 1;
+        f.last = Some(now);
+        if f.count >= MAX_FAILURES {
+            f.count = 0;
+            f.locked_until = Some(now + LOCKOUT);
+        }
+    }
+
+    /// 32 random bytes as hex.
+    fn token(&self) -> Result<String, String> {
+        let mut bytes = [0u8; 32];
+        self.random
+            .fill(&mut bytes)
+            .map_err(|_| "the system's random source failed".to_string())?;
+        Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    fn lock_sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Session>> {
+        self.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Checks a login against the account file; returns the user name on success.
+fn check(path: &std::path::Path, user: &str, password: &str) -> Result<String, LoginError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LoginError::NoAccount),
+        Err(e) => return Err(LoginError::Account(format!("{}: {e}", path.display()))),
+    };
+    let account: AdminFile = toml::from_str(&text)
+        .map_err(|e| LoginError::Account(format!("{}: {}", path.display(), e.message())))?;
+    // the hash is checked even for a wrong user name, so that the answer's timing does
+    // not tell which of the two was wrong
+    let password_ok = argon2::Argon2::default()
+        .verify_password(password.as_bytes(), account.password_hash.as_str())
+        .is_ok();
+    if password_ok && same(user.as_bytes(), account.user.as_bytes()) {
+        Ok(account.user)
+    } else {
+        Err(LoginError::Wrong)
+    }
+}
+
+/// Compares two secrets in time that depends only on their lengths.
+pub fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use argon2::password_hash::PasswordHasher;
+
+    fn account(name: &str, password: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("lbweb-admin-{name}-{}", std::process::id()));
+        let hash = argon2::Argon2::default()
+            .hash_password(password.as_bytes())
+            .unwrap()
+            .to_string();
+        std::fs::write(
+            &path,
+            format!("user = \"admin\"\npassword_hash = \"{hash}\"\n"),
+        )
+        .unwrap();
+        path
+    }
+
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9));
+
+    #[tokio::test]
+    async fn login_checks_user_and_password() {
+        let path = account("login", "correct horse");
+        let auth = Auth::new(
+            path.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        );
+        assert_eq!(
+            auth.login("admin", "wrong horse", PEER).await.unwrap_err(),
+            LoginError::Wrong
+        );
+        assert_eq!(
+            auth.login("root", "correct horse", PEER).await.unwrap_err(),
+            LoginError::Wrong
+        );
+        let (token, session) = auth.login("admin", "correct horse", PEER).await.unwrap();
+        assert_eq!(token.len(), 64);
+        assert_ne!(token, session.csrf);
+        assert_eq!(auth.session(&token).unwrap().user, "admin");
+        auth.logout(&token);
+        assert!(auth.session(&token).is_none());
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn sessions_end_when_idle_and_after_their_lifetime() {
+        let path = account("expiry", "correct horse");
+        let auth = Auth::new(
+            path.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(150),
+        );
+        let (token, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
+        let t0 = Instant::now();
+        // used every 50 s: the idle limit never hits, the lifetime does
+        assert!(
+            auth.session_at(&token, t0 + Duration::from_secs(50))
+                .is_some()
+        );
+        assert!(
+            auth.session_at(&token, t0 + Duration::from_secs(100))
+                .is_some()
+        );
+        assert!(
+            auth.session_at(&token, t0 + Duration::from_secs(151))
+                .is_none()
+        );
+        let (token, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
+        assert!(
+            auth.session_at(&token, Instant::now() + Duration::from_secs(61))
+                .is_none()
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn guessing_locks_the_address_out() {
+        let path = account("lockout", "correct horse");
+        let auth = Auth::new(
+            path.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        );
+        for _ in 0..MAX_FAILURES {
+            assert_eq!(
+                auth.login("admin", "guess", PEER).await.unwrap_err(),
+                LoginError::Wrong
+            );
+        }
+        assert!(matches!(
+            auth.login("admin", "correct horse", PEER).await,
+            Err(LoginError::Locked(_))
+        ));
+        let other: IpAddr = "10.0.0.10".parse().unwrap();
+        assert!(auth.login("admin", "correct horse", other).await.is_ok());
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn without_an_account_login_says_to_finish_the_wizard() {
+        let auth = Auth::new(
+            PathBuf::from("/nonexistent/admin.toml"),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        );
+        assert_eq!(
+            auth.login("admin", "x", PEER).await.unwrap_err(),
+            LoginError::NoAccount
+        );
+    }
+
+    #[test]
+    fn same_compares_whole_secrets() {
+        assert!(same(b"abc", b"abc"));
+        assert!(!same(b"abc", b"abd"));
+        assert!(!same(b"abc", b"abcd"));
+    }
+}

@@ -1,0 +1,161 @@
+//! The web API's certificate: `cert.pem` and `key.pem` in the TLS directory on /data
+//! (`/data/tls`). A fresh appliance has none, so the first start makes a self-signed
+//! one for the host name; later starts use what is there, so a certificate the hospital
+//! puts in its place (or the one browsers were told to trust) stays.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tracing::{info, warn};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot create {path}: {source}")]
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot make a self-signed certificate: {0}")]
+    Generate(String),
+    #[error("{path}: {reason}")]
+    Load { path: PathBuf, reason: String },
+}
+
+pub const CERT_FILE: &str = "cert.pem";
+pub const KEY_FILE: &str = "key.pem";
+
+/// The server's TLS settings from `dir`, making a self-signed certificate for
+/// `hostname` when there is none. A pair that cannot be used (a half-written pair
+/// after a crash, a key that does not parse) is moved aside with the suffix `.broken`
+/// and replaced, so that the appliance stays reachable; the log says so.
+pub fn load_or_create(dir: &Path, hostname: &str) -> Result<Arc<ServerConfig>, TlsError> {
+    let cert = dir.join(CERT_FILE);
+    let key = dir.join(KEY_FILE);
+    if cert.exists() && key.exists() {
+        match load(&cert, &key) {
+            Ok(c) => return Ok(c),
+            Err(e) => {
+                warn!("{e}: the pair is moved aside and a new self-signed certificate made");
+                for p in [&cert, &key] {
+                    let mut aside = p.clone().into_os_string();
+                    aside.push(".broken");
+                    let _ = std::fs::rename(p, aside);
+                }
+            }
+        }
+    }
+    create(dir, hostname)?;
+    load(&cert, &key)
+}
+
+fn create(dir: &Path, hostname: &str) -> Result<(), TlsError> {
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    let mut names = vec![hostname.to_string()];
+    if hostname != "localhost" {
+        names.push("localhost".into());
+    }
+    let made =
+        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    // key first: a crash between the two leaves no certificate, which the next start
+    // treats as "none yet" rather than pairing an old certificate with a new key
+    let key = dir.join(KEY_FILE);
+    let cert = dir.join(CERT_FILE);
+    let _ = std::fs::remove_file(&cert);
+    crate::atomic_file::write_with_mode(&key, made.signing_key.serialize_pem().as_bytes(), 0o600)
+        .map_err(|source| TlsError::Write {
+        path: key.clone(),
+        source,
+    })?;
+    crate::atomic_file::write(&cert, made.cert.pem().as_bytes()).map_err(|source| {
+        TlsError::Write {
+            path: cert.clone(),
+            source,
+        }
+    })?;
+    info!(
+        "made a self-signed certificate for {hostname} in {}",
+        cert.display()
+    );
+    Ok(())
+}
+
+fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    let bad = |path: &Path, reason: String| TlsError::Load {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .map_err(|e| bad(cert, e.to_string()))?
+        .collect::<Result<_, _>>()
+        .map_err(|e| bad(cert, e.to_string()))?;
+    if chain.is_empty() {
+        return Err(bad(cert, "holds no certificate".into()));
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|e| bad(key, e.to_string()))?;
+    let mut config =
+        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .map_err(|e| bad(cert, e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(chain, private)
+            .map_err(|e| bad(cert, format!("does not go with {}: {e}", key.display())))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn tempdir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lbweb-tls-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn made_once_then_kept() {
+        let dir = tempdir("kept");
+        load_or_create(&dir, "lb1.example").unwrap();
+        let key_mode = std::fs::metadata(dir.join(KEY_FILE))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(key_mode & 0o777, 0o600, "the key is private");
+        let first = std::fs::read(dir.join(CERT_FILE)).unwrap();
+        load_or_create(&dir, "lb1.example").unwrap();
+        assert_eq!(std::fs::read(dir.join(CERT_FILE)).unwrap(), first);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_broken_pair_is_moved_aside_and_replaced() {
+        let dir = tempdir("broken");
+        load_or_create(&dir, "lb1.example").unwrap();
+        std::fs::write(dir.join(KEY_FILE), "not a key").unwrap();
+        load_or_create(&dir, "lb1.example").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("key.pem.broken")).unwrap(),
+            "not a key"
+        );
+        assert!(load(&dir.join(CERT_FILE), &dir.join(KEY_FILE)).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_certificate_without_its_key_is_replaced() {
+        let dir = tempdir("half");
+        load_or_create(&dir, "lb1.example").unwrap();
+        std::fs::remove_file(dir.join(KEY_FILE)).unwrap();
+        load_or_create(&dir, "lb1.example").unwrap();
+        assert!(load(&dir.join(CERT_FILE), &dir.join(KEY_FILE)).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
