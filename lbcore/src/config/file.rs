@@ -173,18 +173,72 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     Validator { text }.config(raw)
 }
 
-/// Turns a serde/TOML error into one that also names the service it is in.
+/// Turns a serde/TOML error into one that also names the service, the real server
+/// and the field it is in.
 fn syntax_error(text: &str, e: &toml::de::Error) -> ConfigError {
-    let service = e
+    let place: Vec<String> = e
         .span()
-        .and_then(|span| service_around(text, span.start))
-        .map(|s| format!("in {s}: "))
+        .map(|span| {
+            [
+                service_around(text, span.start),
+                real_server_around(text, span.start),
+                key_at(text, span.start).map(|k| format!("field `{k}`")),
+            ]
+            .into_iter()
+            .flatten()
+            .collect()
+        })
         .unwrap_or_default();
+    let place = if place.is_empty() {
+        String::new()
+    } else {
+        format!("in {}: ", place.join(", "))
+    };
     ConfigError::Syntax {
         path: None,
-        message: format!("{service}{}", e.message().trim_end()).replace('\n', " ")
+        message: format!("{place}{}", e.message().trim_end()).replace('\n', " ")
             + &location_suffix(text, e.span()),
     }
+}
+
+/// The key of the `key = value` line whose value holds byte `offset`.
+fn key_at(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let line = &before[before.rfind('\n').map_or(0, |nl| nl + 1)..];
+    let (key, _) = line.split_once('=')?;
+    let key = key.trim();
+    let plain = !key.is_empty()
+        && key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    plain.then(|| key.to_string())
+}
+
+/// For byte `offset` inside a `[[service.real_server]]` table: `real server "DS2"`
+/// (or `real server 2` when it has no label yet).
+fn real_server_around(text: &str, offset: usize) -> Option<String> {
+    let before = &text[..offset.min(text.len())];
+    let mut index = 0;
+    let mut start = None;
+    let mut pos = 0;
+    for line in before.split_inclusive('\n') {
+        let header = line.trim_start();
+        if header.starts_with("[[service]]") {
+            index = 0;
+            start = None;
+        } else if header.starts_with("[[service.real_server]]") {
+            index += 1;
+            start = Some(pos);
+        } else if header.starts_with('[') {
+            start = None; // some other table follows the real server
+        }
+        pos += line.len();
+    }
+    let label = table_label(text, start?);
+    Some(match label {
+        Some(l) => format!("real server \"{l}\""),
+        None => format!("real server {index}"),
+    })
 }
 
 fn location_suffix(text: &str, span: Option<Range<usize>>) -> String {
@@ -211,8 +265,16 @@ fn service_around(text: &str, offset: usize) -> Option<String> {
         }
         pos += line.len();
     }
-    let start = start?;
-    let label = text[start..]
+    let label = table_label(text, start?);
+    Some(match label {
+        Some(l) => format!("service {index} (\"{l}\")"),
+        None => format!("service {index}"),
+    })
+}
+
+/// The `label` (or `name`) of the table whose header line starts at byte `start`.
+fn table_label(text: &str, start: usize) -> Option<String> {
+    text[start..]
         .lines()
         .skip(1)
         .take_while(|l| !l.trim_start().starts_with('['))
@@ -220,11 +282,7 @@ fn service_around(text: &str, offset: usize) -> Option<String> {
             let (key, value) = l.split_once('=')?;
             matches!(key.trim(), "label" | "name")
                 .then(|| value.trim().trim_matches('"').to_string())
-        });
-    Some(match label {
-        Some(l) => format!("service {index} (\"{l}\")"),
-        None => format!("service {index}"),
-    })
+        })
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {

@@ -246,6 +246,13 @@ fn wrong_types_and_values_are_named() {
         ),
         ("[[service]\nlabel = \"X\"\n", &["line 1"]),
         (
+            "[[service]]\nlabel = \"X\"\nlayer = 4\naddress = \"10.0.0.1\"\nports = [104]\nforwarding = \"nat\"\n[[service.real_server]]\nlabel = \"R1\"\naddress = \"10.0.0.2\"\n[[service.real_server]]\nlabel = \"R2\"\naddress = \"10.0.0.3\"\nweight = -3\n",
+            &[
+                "in service 1 (\"X\"), real server \"R2\", field `weight`:",
+                "line 13",
+            ],
+        ),
+        (
             "[[service]]\nlayer = 7\naddress = \"10.0.0.1\"\nports = [1]\n",
             &["missing field `label`"],
         ),

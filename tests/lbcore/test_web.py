@@ -1,0 +1,266 @@
+"""lbweb, the HTTPS JSON API, in the load balancer's namespace in front of a running
+lbcore; the client namespace speaks HTTPS to it (TLS checked against the certificate
+lbweb made on its first start). The admin account is hashed by Debian's `argon2`
+tool, independently of our code, in the format the console wizard writes."""
+
+import http.client
+import json
+import socket
+import ssl
+import subprocess
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import PYTHON, VIP, binary, tcp_peer, wait_listening
+from netlab import connect_from, wait_for
+
+PORT = 9443
+LB = "10.77.0.2"
+PASSWORD = "correct horse battery"
+# holds a port without SO_REUSEPORT, so that lbcore cannot share it
+BLOCKER = "import socket, sys, time; s = socket.socket(); s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(); time.sleep(600)"
+
+
+def admin_file(directory):
+    hashed = subprocess.run(
+        ["argon2", "lbweb-test-salt", "-id", "-t", "2", "-m", "14", "-p", "1", "-e"],
+        input=PASSWORD.encode(), capture_output=True, check=True,
+    ).stdout.decode().strip()
+    path = Path(directory) / "admin.toml"
+    path.write_text(f'user = "admin"\npassword_hash = "{hashed}"\n')
+    return path
+
+
+def config(weight2=100, port=7000, extra=""):
+    return f'''
+[[service]]
+label = "APP"
+layer = 7
+address = "{VIP}"
+port = {port}
+check = {{ kind = "tcp", interval = "1s", timeout = "1s" }}
+{extra}
+[[service.real_server]]
+label = "RS1"
+address = "10.77.0.11"
+port = 7100
+weight = 100
+
+[[service.real_server]]
+label = "RS2"
+address = "10.77.0.12"
+port = 7100
+weight = {weight2}
+'''
+
+
+class Web:
+    """lbweb in the `lb` host, and an HTTPS client in the `client` host."""
+
+    def __init__(self, lab, lb):
+        self.lab = lab
+        self.client = lab.hosts["client"]
+        self.dir = Path(tempfile.mkdtemp(prefix="lbweb-test-"))
+        self.tls_dir = self.dir / "tls"
+        self.log_path = self.dir / "lbweb.log"
+        self.socket = lb.socket
+        self.admin = admin_file(self.dir)
+        self.start()
+        self.cookie = None
+        self.csrf = None
+
+    def start(self):
+        self.log_file = open(self.log_path, "w")
+        self.process = self.lab.hosts["lb"].spawn(
+            [binary("lbweb"), "--listen", f"{LB}:{PORT}", "--socket", str(self.socket),
+             "--admin", str(self.admin), "--tls-dir", str(self.tls_dir)],
+            stdout=self.log_file, stderr=subprocess.STDOUT,
+        )
+        wait_for(lambda: "listening on" in self.log() or self.process.poll() is not None, 15,
+                 what="lbweb to listen")
+        assert self.process.poll() is None, self.log()
+
+    def log(self):
+        return self.log_path.read_text()
+
+    def request(self, method, path, body=None, headers=None, raw_body=None):
+        context = ssl.create_default_context(cafile=str(self.tls_dir / "cert.pem"))
+        tls = context.wrap_socket(connect_from(self.client, LB, PORT, timeout=30),
+                                  server_hostname=socket.gethostname())
+        conn = http.client.HTTPConnection(LB, PORT, timeout=30)
+        conn.sock = tls
+        h = dict(headers or {})
+        data = raw_body
+        if body is not None:
+            data = json.dumps(body)
+            h.setdefault("Content-Type", "application/json")
+        if self.cookie:
+            h.setdefault("Cookie", self.cookie)
+        if self.csrf:
+            h.setdefault("X-CSRF-Token", self.csrf)
+        conn.request(method, path, body=data, headers=h)
+        r = conn.getresponse()
+        text = r.read()
+        conn.close()
+        return r.status, r, json.loads(text)
+
+    def login(self, password=PASSWORD):
+        status, r, body = self.request("POST", "/api/login", {"user": "admin", "password": password})
+        if status == 200:
+            cookie = r.getheader("Set-Cookie")
+            for flag in ("Secure", "HttpOnly", "SameSite=Strict"):
+                assert flag in cookie, cookie
+            self.cookie = cookie.split(";")[0]
+            self.csrf = body["csrf_token"]
+        return status, body
+
+    def stop(self):
+        self.lab.stop(self.process)
+        self.log_file.close()
+
+
+@pytest.fixture
+def web(lab):
+    started = []
+
+    def start(lb):
+        w = Web(lab, lb)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        if w.process.poll() is None:
+            w.stop()
+
+
+@pytest.fixture
+def servers(lab):
+    tcp_peer(lab.hosts["rs1"], "rs1", 7100)
+    tcp_peer(lab.hosts["rs2"], "rs2", 7100)
+
+
+def test_login_is_required_and_checked(lbcore, web, servers):
+    lb = lbcore(config())
+    w = web(lb)
+    status, _, body = w.request("GET", "/api/status")
+    assert status == 401 and "log in" in body["error"]
+    status, body = w.login("wrong password")
+    assert status == 401 and body["error"] == "wrong user name or password"
+    status, _, body = w.request("POST", "/api/login", {"user": "root", "password": PASSWORD})
+    assert status == 401
+    status, body = w.login()
+    assert status == 200 and body["user"] == "admin" and len(body["csrf_token"]) == 64
+
+    status, _, overview = w.request("GET", "/api/status")
+    assert status == 200
+    (svc,) = overview["services"]
+    assert svc["label"] == "APP" and [r["label"] for r in svc["real_servers"]] == ["RS1", "RS2"]
+    status, _, session = w.request("GET", "/api/session")
+    assert session == {"user": "admin", "csrf_token": w.csrf}
+
+    status, _, body = w.request("POST", "/api/logout", {})
+    assert status == 200
+    status, _, body = w.request("GET", "/api/status")
+    assert status == 401 and "ended" in body["error"]
+
+
+def test_changes_need_the_csrf_token_and_json(lbcore, web, servers):
+    lb = lbcore(config())
+    w = web(lb)
+    w.login()
+    token = w.csrf
+    w.csrf = None
+    status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=5)})
+    assert status == 403 and "X-CSRF-Token" in body["error"]
+    status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=5)},
+                                headers={"X-CSRF-Token": "0" * 64})
+    assert status == 403
+    w.csrf = token
+    # a form post from another site cannot send JSON
+    status, _, body = w.request("PUT", "/api/config", raw_body="text=x",
+                                headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 415
+    status, r, body = w.request("DELETE", "/api/config")
+    assert status == 405 and r.getheader("Allow") == "GET, PUT"
+    status, _, body = w.request("GET", "/api/nothing")
+    assert status == 404
+    assert lb.server("APP", "RS2")["weight"] == 100, "nothing was changed"
+
+
+def test_configuration_applied_or_refused_whole(lab, lbcore, web, servers):
+    lb = lbcore(config())
+    w = web(lb)
+    w.login()
+    status, _, body = w.request("GET", "/api/config")
+    assert status == 200 and body["text"] == config()
+
+    # a change: applied, saved, running
+    status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=40)})
+    assert status == 200, body
+    assert "1 service(s)" in body["message"]
+    assert lb.server("APP", "RS2")["weight"] == 40
+    assert lb.config.read_text() == config(weight2=40)
+
+    # a mistake: refused with the field named; the file and what runs stay
+    bad = config(weight2=40).replace("weight = 40", "weight = -3")
+    status, _, body = w.request("PUT", "/api/config", {"text": bad})
+    assert status == 422
+    assert 'real server "RS2", field `weight`' in body["error"], body["error"]
+    assert lb.config.read_text() == config(weight2=40)
+    assert lb.server("APP", "RS2")["weight"] == 40
+
+    # a port that cannot be had (another program holds it): refused before anything
+    # changes
+    lab.hosts["lb"].spawn([PYTHON, "-c", BLOCKER, "7001"])
+    wait_listening(lab.hosts["lb"], 7001)
+    status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=7, port=7001)})
+    assert status == 422 and "cannot listen on" in body["error"], body
+    assert lb.config.read_text() == config(weight2=40)
+    assert lb.service("APP")["ports"] == [7000]
+    assert lb.server("APP", "RS2")["weight"] == 40
+
+
+def test_drain_halt_online_through_the_api(lbcore, web, servers):
+    lb = lbcore(config())
+    w = web(lb)
+    w.login()
+    status, _, body = w.request("POST", "/api/services/APP/servers/RS1/state", {"state": "drain"})
+    assert status == 200 and "drain" in body["message"], body
+    assert lb.server("APP", "RS1")["state"] == "drain"
+    status, _, body = w.request("POST", "/api/services/APP/servers/RS9/state", {"state": "halt"})
+    assert status == 422 and "RS9" in body["error"]
+    status, _, body = w.request("POST", "/api/services/APP/servers/RS1/state", {"state": "sleep"})
+    assert status == 400 and "sleep" in body["error"]
+    status, _, body = w.request("POST", "/api/services/APP/servers/RS1/state", {"state": "online"})
+    assert status == 200 and lb.server("APP", "RS1")["state"] == "online"
+
+
+def test_lbcore_away_and_password_guessing(lbcore, web, servers):
+    lb = lbcore(config())
+    w = web(lb)
+    w.login()
+    lb.stop()
+    status, _, body = w.request("GET", "/api/status")
+    assert status == 503 and "is lbcore running?" in body["error"]
+
+    w.cookie = w.csrf = None
+    for _ in range(5):
+        status, _ = w.login("guess")
+        assert status == 401
+    status, r, body = w.request("POST", "/api/login", {"user": "admin", "password": PASSWORD})
+    assert status == 429 and "too many failed logins" in body["error"]
+    assert int(r.getheader("Retry-After")) > 0
+
+
+def test_certificate_made_once_and_key_private(lbcore, web, servers):
+    lb = lbcore(config())
+    w = web(lb)
+    cert = (w.tls_dir / "cert.pem").read_bytes()
+    assert (w.tls_dir / "key.pem").stat().st_mode & 0o777 == 0o600
+    w.stop()
+    w.start()
+    assert w.login()[0] == 200
+    assert (w.tls_dir / "cert.pem").read_bytes() == cert
