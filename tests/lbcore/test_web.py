@@ -3,10 +3,7 @@ lbcore; the client namespace speaks HTTPS to it (TLS checked against the certifi
 lbweb made on its first start). The admin account is hashed by Debian's `argon2`
 tool, independently of our code, in the format the console wizard writes."""
 
-import http.client
-import json
 import socket
-import ssl
 import subprocess
 import tempfile
 from pathlib import Path
@@ -14,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, VIP, binary, tcp_peer, wait_listening
-from netlab import connect_from, wait_for
+from netlab import wait_for
+from webapi import ApiClient
 
 PORT = 9443
 LB = "10.77.0.2"
@@ -67,9 +65,9 @@ class Web:
         self.log_path = self.dir / "lbweb.log"
         self.socket = lb.socket
         self.admin = admin_file(self.dir)
+        self.api = ApiClient(self.client, LB, PORT, cafile=self.tls_dir / "cert.pem",
+                             hostname=socket.gethostname())
         self.start()
-        self.cookie = None
-        self.csrf = None
 
     def start(self):
         self.log_file = open(self.log_path, "w")
@@ -85,36 +83,11 @@ class Web:
     def log(self):
         return self.log_path.read_text()
 
-    def request(self, method, path, body=None, headers=None, raw_body=None):
-        context = ssl.create_default_context(cafile=str(self.tls_dir / "cert.pem"))
-        tls = context.wrap_socket(connect_from(self.client, LB, PORT, timeout=30),
-                                  server_hostname=socket.gethostname())
-        conn = http.client.HTTPConnection(LB, PORT, timeout=30)
-        conn.sock = tls
-        h = dict(headers or {})
-        data = raw_body
-        if body is not None:
-            data = json.dumps(body)
-            h.setdefault("Content-Type", "application/json")
-        if self.cookie:
-            h.setdefault("Cookie", self.cookie)
-        if self.csrf:
-            h.setdefault("X-CSRF-Token", self.csrf)
-        conn.request(method, path, body=data, headers=h)
-        r = conn.getresponse()
-        text = r.read()
-        conn.close()
-        return r.status, r, json.loads(text)
+    def request(self, *args, **kw):
+        return self.api.request(*args, **kw)
 
     def login(self, password=PASSWORD):
-        status, r, body = self.request("POST", "/api/login", {"user": "admin", "password": password})
-        if status == 200:
-            cookie = r.getheader("Set-Cookie")
-            for flag in ("Secure", "HttpOnly", "SameSite=Strict"):
-                assert flag in cookie, cookie
-            self.cookie = cookie.split(";")[0]
-            self.csrf = body["csrf_token"]
-        return status, body
+        return self.api.login(password)
 
     def stop(self):
         self.lab.stop(self.process)
@@ -159,7 +132,7 @@ def test_login_is_required_and_checked(lbcore, web, servers):
     (svc,) = overview["services"]
     assert svc["label"] == "APP" and [r["label"] for r in svc["real_servers"]] == ["RS1", "RS2"]
     status, _, session = w.request("GET", "/api/session")
-    assert session == {"user": "admin", "csrf_token": w.csrf}
+    assert session == {"user": "admin", "csrf_token": w.api.csrf}
 
     status, _, body = w.request("POST", "/api/logout", {})
     assert status == 200
@@ -171,14 +144,14 @@ def test_changes_need_the_csrf_token_and_json(lbcore, web, servers):
     lb = lbcore(config())
     w = web(lb)
     w.login()
-    token = w.csrf
-    w.csrf = None
+    token = w.api.csrf
+    w.api.csrf = None
     status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=5)})
     assert status == 403 and "X-CSRF-Token" in body["error"]
     status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=5)},
                                 headers={"X-CSRF-Token": "0" * 64})
     assert status == 403
-    w.csrf = token
+    w.api.csrf = token
     # a form post from another site cannot send JSON
     status, _, body = w.request("PUT", "/api/config", raw_body="text=x",
                                 headers={"Content-Type": "application/x-www-form-urlencoded"})
@@ -246,7 +219,7 @@ def test_lbcore_away_and_password_guessing(lbcore, web, servers):
     status, _, body = w.request("GET", "/api/status")
     assert status == 503 and "is lbcore running?" in body["error"]
 
-    w.cookie = w.csrf = None
+    w.api.cookie = w.api.csrf = None
     for _ in range(5):
         status, _ = w.login("guess")
         assert status == 401

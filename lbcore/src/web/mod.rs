@@ -70,7 +70,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         opts.control,
     ));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    info!("lbweb listening on https://{}/", opts.listen);
+    // on stdout: init takes this line as the readiness signal
+    println!("lbweb listening on https://{}/", opts.listen);
 
     loop {
         let permit = tokio::select! {
