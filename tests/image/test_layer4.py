@@ -15,6 +15,10 @@ One boot serves every check (a TCG boot costs minutes):
   route change on the real servers (lbcore's nftables masquerade).
 - DICOM_NAT (VIP .71, nat): the real servers' default route is the appliance; they see
   the client's own address.
+- A reload through the web API (lbweb on 9443, from the client's network) with DS2's
+  weight changed in DS_DICOM: the kernel's table read over netlink before and after
+  differs in that weight only (the time to the table matching is printed); a refused
+  configuration changes neither the file nor the table.
 
 The configuration is put on the data partition before the first boot (an ext4 file
 system "LBDATA" made with mke2fs -d, which init mounts as it is); the IPVS table is read
@@ -30,10 +34,11 @@ import time
 import pytest
 
 from imagelab import TOP, disk_copy, note, preload_data, run
-from test_vm import GUEST, choose, ping, services_ready, wizard_static
+from test_vm import GUEST, PASSWORD, choose, ping, services_ready, wizard_static
 
 sys.path.insert(0, str(TOP / "tests"))
 from netlab import Host, Lab, wait_for  # noqa: E402
+from webapi import ApiClient  # noqa: E402
 
 sys.path.insert(0, str(TOP / "tests" / "peers"))
 import dicom_files  # noqa: E402
@@ -194,6 +199,53 @@ def new_associations(scps, before):
     return {name: s.associations()[before[name]:] for name, s in scps.items()}
 
 
+def without_counters(table):
+    """The kernel's IPVS table (as lbcore's status gives it) without the traffic
+    counters: what a configuration change may alter."""
+    return {
+        (s["key"]["address"], s["key"]["port"]): {
+            "spec": s["spec"],
+            "dests": {(d["key"]["address"], d["key"]["port"]): d["spec"] for d in s["dests"]},
+        }
+        for s in table
+    }
+
+
+def reload_changes_only_the_weight(client):
+    """Through the web API, from the client's network: DS_DICOM's DS2 goes from weight
+    100 to 50. The kernel's table, read over netlink before and after, differs in that
+    one weight and nothing else."""
+    api = ApiClient(client, GUEST)
+    status, body = api.login(PASSWORD)
+    assert status == 200, body
+    assert api.call("GET", "/api/config")["text"] == CONFIG
+    before = without_counters(api.call("GET", "/api/status")["ipvs"])
+    ds2 = 'label = "DS2"\naddress = "10.99.7.32"\nweight = '
+    assert CONFIG.count(ds2 + "100") == 3
+    changed = CONFIG.replace(ds2 + "100", ds2 + "50", 1)  # the first service: DS_DICOM
+
+    sent = time.monotonic()
+    answer = api.call("PUT", "/api/config", {"text": changed})
+    applied = time.monotonic() - sent
+    dr = (VIP_DR, PORT)
+    rs2 = ("10.99.7.32", PORT)
+    after = wait_for(lambda: (t := without_counters(api.call("GET", "/api/status")["ipvs"]))
+                     [dr]["dests"][rs2]["weight"] == 50 and t, 30, interval=0.2,
+                     what="DS2's new weight in the kernel's table")
+    matched = time.monotonic() - sent
+    note(f"Layer 4: configuration sent through the web API -> applied in {applied:.2f} s, "
+         f"kernel table matching {matched:.2f} s after sending ({answer['message']})")
+    expected = {k: {"spec": v["spec"], "dests": dict(v["dests"])} for k, v in before.items()}
+    expected[dr]["dests"][rs2] = dict(expected[dr]["dests"][rs2], weight=50)
+    assert after == expected, f"only DS2's weight in DS_DICOM changes:\nbefore {before}\nafter {after}"
+
+    # a refused change (a misspelt field) leaves the file and the kernel's table alone
+    status, _, body = api.request("PUT", "/api/config", {"text": changed.replace("weight = 50", "wieght = 50")})
+    assert status == 422 and "wieght" in body["error"], body
+    assert api.call("GET", "/api/config")["text"] == changed
+    assert without_counters(api.call("GET", "/api/status")["ipvs"]) == after
+
+
 def test_layer4_dr_nat_snat_in_the_appliance(image, vms, netns, tmp_path):
     disk = disk_copy(image, tmp_path)
     preload_data(disk, tmp_path, {"config/lbcore.toml": CONFIG})
@@ -291,5 +343,7 @@ def test_layer4_dr_nat_snat_in_the_appliance(image, vms, netns, tmp_path):
         table, text = ipvs_table(con)
         end = text.split("IPVS table (kernel):", 1)[1].strip("\n").split("\n\n")[0]
         note("Layer 4: IPVS table at the end:\n" + end)
+
+        reload_changes_only_the_weight(client)
     finally:
         topo.close()
