@@ -79,6 +79,37 @@ pub struct Status {
     /// netlink for this answer; absent when no Layer 4 service is in use.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ipvs: Option<Vec<crate::ipvs::Service>>,
+    /// lbcore's own use of the system.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub process: Option<ProcessStatus>,
+}
+
+/// lbcore's memory and open files, from /proc/self (the appliance's memory budget).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessStatus {
+    /// Resident memory now (VmRSS), in KiB.
+    pub rss_kib: u64,
+    /// The most resident memory since start (VmHWM), in KiB.
+    pub peak_rss_kib: u64,
+    pub open_files: u64,
+}
+
+impl ProcessStatus {
+    /// Reads the calling process's figures; `None` where /proc is not mounted.
+    pub fn of_self() -> Option<ProcessStatus> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let kib = |field: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        };
+        Some(ProcessStatus {
+            rss_kib: kib("VmRSS")?,
+            peak_rss_kib: kib("VmHWM")?,
+            open_files: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
+        })
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -179,4 +210,16 @@ pub fn call(socket: &Path, request: &Request) -> Result<Response, ClientError> {
     let mut answer = String::new();
     reader.read_line(&mut answer)?;
     Ok(serde_json::from_str(&answer)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_process_figures_are_read() {
+        let p = ProcessStatus::of_self().expect("/proc is mounted where tests run");
+        assert!(p.rss_kib > 0 && p.peak_rss_kib >= p.rss_kib, "{p:?}");
+        assert!(p.open_files >= 3, "{p:?}");
+    }
 }

@@ -547,6 +547,7 @@ impl Daemon {
                 Some(Ok(t)) => Some(t),
                 _ => None,
             },
+            process: control::ProcessStatus::of_self(),
         }
     }
 }

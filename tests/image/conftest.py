@@ -31,7 +31,7 @@ def image():
     if os.geteuid() != 0:
         pytest.skip("the image tests run as root (namespaces, tap devices, apt)")
     run(TOP / "qemu" / "install-deps", timeout=1200)
-    for b in ("init", "lbcore", "lbctl"):
+    for b in ("init", "lbcore", "lbctl", "lbweb"):
         if not (BIN_DIR / b).exists():
             run("cargo", "build", "--release", "-p", "init", "-p", "lbcore", cwd=TOP, timeout=1800)
             break

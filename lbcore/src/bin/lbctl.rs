@@ -200,6 +200,14 @@ fn table(status: &Status) -> String {
     if let Some(table) = &status.ipvs {
         out.push_str(&ipvs_table(table));
     }
+    if let Some(p) = &status.process {
+        out.push_str(&format!(
+            "lbcore: memory {:.1} MB (peak {:.1} MB), {} open files\n",
+            p.rss_kib as f64 / 1024.0,
+            p.peak_rss_kib as f64 / 1024.0,
+            p.open_files
+        ));
+    }
     out
 }
 
