@@ -89,7 +89,10 @@ def test_killed_server_leaves_rotation_within_interval_times_fall_plus_timeout(l
     killed = time.monotonic()
     wait_for(lambda: lb.server("PACS", "RS1")["health"] == "down", 15, interval=0.05, what="RS1 down")
     detected = time.monotonic() - killed
-    print(f"\nC-ECHO check: killed storescp detected after {detected:.2f}s (bound 2s x 2 + 2s = 6s)")
+    # a refused check is re-checked after 0.5 s while the server still counts as up, so
+    # this is about interval + 0.5 s (DESIGN: a dead server leaves rotation within 3 s);
+    # the assertion only bounds it by interval x fall + timeout, as a noisy machine may
+    print(f"\nC-ECHO check: killed storescp detected after {detected:.2f}s (default checks; DESIGN target 3 s)")
     assert detected <= 6.5
     assert "connection refused" in lb.server("PACS", "RS1")["last_failure"].lower()
     for _ in range(10):
