@@ -273,7 +273,12 @@ pub struct Report {
     pub loaded: usize,
     pub already: usize,
     pub failed: Vec<String>,
+    /// The modules that took longest to load, longest first (at most [`SLOWEST`]).
+    pub slowest: Vec<(String, std::time::Duration)>,
 }
+
+/// How many of the slowest modules the boot log names.
+const SLOWEST: usize = 5;
 
 impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -284,6 +289,14 @@ impl std::fmt::Display for Report {
         )?;
         if !self.failed.is_empty() {
             write!(f, ", failed: {}", self.failed.join(", "))?;
+        }
+        if !self.slowest.is_empty() {
+            let list: Vec<String> = self
+                .slowest
+                .iter()
+                .map(|(m, d)| format!("{m} {:.0} ms", d.as_secs_f64() * 1e3))
+                .collect();
+            write!(f, "; slowest: {}", list.join(", "))?;
         }
         Ok(())
     }
@@ -348,10 +361,14 @@ pub fn load_boot_modules(root: &Path, sys: &Path) -> Report {
                 continue;
             }
             let Some(p) = db.path(&m) else { continue };
+            let started = std::time::Instant::now();
             match insmod(&p) {
                 Ok(()) => {
                     rep.loaded += 1;
                     loaded_now += 1;
+                    rep.slowest.push((m, started.elapsed()));
+                    rep.slowest.sort_by(|a, b| b.1.cmp(&a.1));
+                    rep.slowest.truncate(SLOWEST);
                 }
                 Err(e) => rep.failed.push(format!("{m}: {e}")),
             }
