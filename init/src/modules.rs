@@ -367,7 +367,8 @@ pub fn load_boot_modules(root: &Path, sys: &Path) -> Report {
                     rep.loaded += 1;
                     loaded_now += 1;
                     rep.slowest.push((m, started.elapsed()));
-                    rep.slowest.sort_by(|a, b| b.1.cmp(&a.1));
+                    rep.slowest
+                        .sort_by_key(|(_, took)| std::cmp::Reverse(*took));
                     rep.slowest.truncate(SLOWEST);
                 }
                 Err(e) => rep.failed.push(format!("{m}: {e}")),
