@@ -1,7 +1,6 @@
 //! Choosing a real server for a new connection among those that can take it:
 //! (weighted) round robin and (weighted) least connections.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::config;
@@ -9,8 +8,10 @@ use crate::server::Server;
 
 pub struct Scheduler {
     kind: config::Scheduler,
-    /// Smooth weighted round robin: each server's running credit, by label.
-    credit: HashMap<String, i64>,
+    /// Smooth weighted round robin: each server's running credit, by label. A service
+    /// has a handful of servers, so a linear search is cheaper than hashing the label
+    /// on every pick.
+    credit: Vec<(String, i64)>,
     /// Where least-connection ties start, so that equal servers take turns.
     rotor: usize,
 }
@@ -19,7 +20,7 @@ impl Scheduler {
     pub fn new(kind: config::Scheduler) -> Scheduler {
         Scheduler {
             kind,
-            credit: HashMap::new(),
+            credit: Vec::new(),
             rotor: 0,
         }
     }
@@ -28,19 +29,31 @@ impl Scheduler {
         self.kind
     }
 
-    /// `candidates` all take new connections and have a non-zero weight.
-    pub fn pick<'a>(&mut self, candidates: &[&'a Arc<Server>]) -> Option<&'a Arc<Server>> {
-        if candidates.is_empty() {
-            return None;
-        }
+    /// `candidates` all take new connections and have a non-zero weight. An iterator
+    /// (walked more than once, hence `Clone`) so that the caller need not collect them.
+    pub fn pick<'a, I>(&mut self, candidates: I) -> Option<&'a Arc<Server>>
+    where
+        I: Iterator<Item = &'a Arc<Server>> + Clone,
+    {
         match self.kind {
-            config::Scheduler::Wrr => Some(self.round_robin(candidates, |s| s.weight())),
-            config::Scheduler::Lc => Some(self.least_connections(candidates, |_| 1)),
-            config::Scheduler::Wlc => Some(self.least_connections(candidates, |s| s.weight())),
+            config::Scheduler::Wrr => self.round_robin(candidates, |s| s.weight()),
+            config::Scheduler::Lc => self.least_connections(candidates, |_| 1),
+            config::Scheduler::Wlc => self.least_connections(candidates, |s| s.weight()),
             // sh and mh exist only at Layer 4 (validation refuses them at Layer 7);
             // should one reach here, plain round robin is the safe reading.
             config::Scheduler::Rr | config::Scheduler::Sh | config::Scheduler::Mh => {
-                Some(self.round_robin(candidates, |_| 1))
+                self.round_robin(candidates, |_| 1)
+            }
+        }
+    }
+
+    /// The credit entry of `label`, created at zero the first time a server is seen.
+    fn credit_index(&mut self, label: &str) -> usize {
+        match self.credit.iter().position(|(l, _)| l == label) {
+            Some(i) => i,
+            None => {
+                self.credit.push((label.to_string(), 0));
+                self.credit.len() - 1
             }
         }
     }
@@ -49,46 +62,44 @@ impl Scheduler {
     /// weights instead of sending bursts to the heaviest one.
     fn round_robin<'a>(
         &mut self,
-        candidates: &[&'a Arc<Server>],
+        candidates: impl Iterator<Item = &'a Arc<Server>>,
         weight: impl Fn(&Server) -> u32,
-    ) -> &'a Arc<Server> {
+    ) -> Option<&'a Arc<Server>> {
         let mut total = 0i64;
-        let mut best = 0;
+        let mut best: Option<(&'a Arc<Server>, usize)> = None;
         let mut best_credit = i64::MIN;
-        for (i, s) in candidates.iter().enumerate() {
+        for s in candidates {
             let w = i64::from(weight(s));
             total += w;
-            // Looked up by &str first: the label is cloned only the first time a server
-            // is seen, not on every pick.
-            let c = match self.credit.get_mut(s.label.as_str()) {
-                Some(c) => c,
-                None => self.credit.entry(s.label.clone()).or_insert(0),
-            };
+            let i = self.credit_index(&s.label);
+            let c = &mut self.credit[i].1;
             *c += w;
             if *c > best_credit {
                 best_credit = *c;
-                best = i;
+                best = Some((s, i));
             }
         }
-        let chosen = candidates[best];
-        if let Some(c) = self.credit.get_mut(&chosen.label) {
-            *c -= total;
-        }
-        chosen
+        let (chosen, i) = best?;
+        self.credit[i].1 -= total;
+        Some(chosen)
     }
 
     /// The server with the fewest active connections per unit of weight; ties go round.
     fn least_connections<'a>(
         &mut self,
-        candidates: &[&'a Arc<Server>],
+        candidates: impl Iterator<Item = &'a Arc<Server>> + Clone,
         weight: impl Fn(&Server) -> u32,
-    ) -> &'a Arc<Server> {
-        let n = candidates.len();
+    ) -> Option<&'a Arc<Server>> {
+        let n = candidates.clone().count();
+        if n == 0 {
+            return None;
+        }
         let start = self.rotor % n;
         self.rotor = self.rotor.wrapping_add(1);
-        let mut best = candidates[start];
-        for k in 1..n {
-            let s = candidates[(start + k) % n];
+        // The candidates in turn from `start`, wrapping round.
+        let mut turn = candidates.clone().skip(start).chain(candidates.take(start));
+        let mut best = turn.next()?;
+        for s in turn {
             // active/weight < best.active/best.weight, without division.
             let lhs = u64::from(s.active()) * u64::from(weight(best).max(1));
             let rhs = u64::from(best.active()) * u64::from(weight(s).max(1));
@@ -96,12 +107,12 @@ impl Scheduler {
                 best = s;
             }
         }
-        best
+        Some(best)
     }
 
     /// Forgets servers that no longer exist.
     pub fn retain(&mut self, labels: &[&str]) {
-        self.credit.retain(|l, _| labels.contains(&l.as_str()));
+        self.credit.retain(|(l, _)| labels.contains(&l.as_str()));
     }
 }
 
@@ -129,12 +140,11 @@ mod tests {
 
     fn counts(kind: config::Scheduler, weights: &[u32], rounds: usize, hold: bool) -> Vec<usize> {
         let all = servers(weights);
-        let refs: Vec<&Arc<Server>> = all.iter().collect();
         let mut s = Scheduler::new(kind);
         let mut n = vec![0; all.len()];
         let mut guards = Vec::new();
         for _ in 0..rounds {
-            let chosen = s.pick(&refs).unwrap();
+            let chosen = s.pick(all.iter()).unwrap();
             n[chosen.label[1..].parse::<usize>().unwrap()] += 1;
             if hold {
                 guards.push(chosen.open_connection());
@@ -155,10 +165,9 @@ mod tests {
         );
         // Smoothness: the heavy server never gets more than its share in a row.
         let all = servers(&[5, 1, 1]);
-        let refs: Vec<&Arc<Server>> = all.iter().collect();
         let mut s = Scheduler::new(config::Scheduler::Wrr);
         let order: String = (0..7)
-            .map(|_| s.pick(&refs).unwrap().label[1..].to_string())
+            .map(|_| s.pick(all.iter()).unwrap().label[1..].to_string())
             .collect();
         assert_eq!(order, "0010200");
     }

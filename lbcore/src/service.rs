@@ -23,6 +23,9 @@ struct Selection {
     /// Bumped whenever the persistence table is replaced, so that a connection counted
     /// in an old table is not un-counted from the new one.
     generation: u64,
+    /// Indices (into the server list) of the servers a choice may pick from; kept
+    /// between choices so that choosing allocates nothing.
+    candidates: Vec<usize>,
 }
 
 pub struct ServiceRuntime {
@@ -77,6 +80,7 @@ impl ServiceRuntime {
                     .as_ref()
                     .map(|p| PersistenceTable::new(p.timeout)),
                 generation: 0,
+                candidates: Vec::new(),
             }),
             settings: RwLock::new(Arc::new(settings.clone())),
             servers: RwLock::new(Arc::new(servers)),
@@ -144,40 +148,46 @@ impl ServiceRuntime {
         let client = client.to_canonical();
         let servers = self.servers();
         let now = Instant::now();
-        let mut sel = self.selection();
+        let mut guard = self.selection();
+        let sel = &mut *guard;
 
-        let open: Vec<&Arc<Server>> = servers
-            .iter()
-            .filter(|s| s.takes_new_connections())
-            .collect();
-        let untried: Vec<&Arc<Server>> = open
-            .iter()
-            .copied()
-            .filter(|s| !tried.iter().any(|t| Arc::ptr_eq(t, s)))
-            .collect();
-        if untried.is_empty() {
+        // One pass: is any server open, is any open one untried, and which of those
+        // have a free slot.
+        let mut any_open = false;
+        let mut any_untried = false;
+        sel.candidates.clear();
+        for (i, s) in servers.iter().enumerate() {
+            if !s.takes_new_connections() {
+                continue;
+            }
+            any_open = true;
+            if tried.iter().any(|t| Arc::ptr_eq(t, s)) {
+                continue;
+            }
+            any_untried = true;
+            if s.has_capacity() {
+                sel.candidates.push(i);
+            }
+        }
+        if !any_untried {
             // No real server can take the connection: none is up and online, or every
             // one that is has just failed to connect (checks have not caught up yet).
-            drop(sel);
-            return self.fallback(open.is_empty());
+            drop(guard);
+            return self.fallback(!any_open);
         }
-        let candidates: Vec<&Arc<Server>> = untried
-            .iter()
-            .copied()
-            .filter(|s| s.has_capacity())
-            .collect();
-        if candidates.is_empty() {
+        if sel.candidates.is_empty() {
             return Choice::Full;
         }
+        let candidates = sel.candidates.iter().map(|&i| &servers[i]);
 
         let sticky = sel
             .persistence
             .as_mut()
-            .and_then(|p| p.lookup(client, now).map(str::to_owned))
-            .and_then(|label| candidates.iter().copied().find(|s| s.label == label));
+            .and_then(|p| p.lookup(client, now))
+            .and_then(|label| candidates.clone().find(|s| s.label == label));
         let chosen = match sticky {
             Some(s) => s,
-            None => match sel.scheduler.pick(&candidates) {
+            None => match sel.scheduler.pick(candidates) {
                 Some(s) => s,
                 None => return Choice::Unavailable,
             },
@@ -192,10 +202,10 @@ impl ServiceRuntime {
         };
         // Counted while the selection lock is held, so that concurrent choices see it
         // and max_connections is never overshot.
-        let guard = chosen.open_connection();
-        drop(sel);
+        let counted = chosen.open_connection();
+        drop(guard);
         Choice::Server(Lease {
-            guard,
+            guard: counted,
             service: self.clone(),
             persistent,
         })
@@ -230,8 +240,10 @@ impl ServiceRuntime {
         }
     }
 
-    /// A wake-up for when a slot may have been freed. Create (and enable) it before
-    /// [`ServiceRuntime::choose`] can return `Full`, so that a slot freed in between is not missed.
+    /// A wake-up for when a slot may have been freed. Create it before
+    /// [`ServiceRuntime::choose`] can return `Full`, so that a slot freed in between is
+    /// not missed (slots are announced with `Notify::notify_waiters`, which reaches every
+    /// `Notified` created before the call, polled or not).
     pub fn slot_notified(&self) -> Notified<'_> {
         self.slot_freed.notified()
     }

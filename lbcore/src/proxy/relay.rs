@@ -11,12 +11,15 @@
 //!
 //! Each direction runs until its source says end-of-file, then half-closes the
 //! destination (`shutdown(SHUT_WR)`), so protocols that close one side first keep
-//! working. The relay ends when both directions are done or either fails.
+//! working. The relay ends when both directions are done or either fails. The direction
+//! that ends last skips the shutdown: both sockets are closed right after, and closing
+//! a socket whose peer has already sent its FIN sends our FIN just the same.
 
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use nix::fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice};
 use tokio::io::Interest;
@@ -71,15 +74,21 @@ impl Pipe {
 }
 
 /// Relays until both directions have ended. Errors (a reset, a broken pipe) end both.
+/// The caller closes both sockets when it returns.
 pub async fn relay(client: &TcpStream, server: &TcpStream) -> io::Result<Transferred> {
-    let (a, b) = tokio::try_join!(one_way(client, server), one_way(server, client))?;
+    let ended = AtomicBool::new(false);
+    let (a, b) = tokio::try_join!(
+        one_way(client, server, &ended),
+        one_way(server, client, &ended)
+    )?;
     Ok(Transferred {
         client_to_server: a,
         server_to_client: b,
     })
 }
 
-async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
+/// `ended` is set by whichever direction ends first.
+async fn one_way(from: &TcpStream, to: &TcpStream, ended: &AtomicBool) -> io::Result<u64> {
     let mut total = 0u64;
     let mut bulk = false;
     // Bytes read but not yet accepted by `to` (only while `to` is slow).
@@ -101,8 +110,11 @@ async fn one_way(from: &TcpStream, to: &TcpStream) -> io::Result<u64> {
             n
         };
         if moved == 0 {
-            // End of file from the source: pass the half-close on.
-            shutdown_write(to);
+            // End of file from the source: pass the half-close on, unless the other
+            // direction has ended too and the close that follows does it.
+            if !ended.swap(true, Ordering::Relaxed) {
+                shutdown_write(to);
+            }
             return Ok(total);
         }
         total += moved as u64;

@@ -4,6 +4,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,45 +14,47 @@ use tokio::time::{Instant, timeout};
 use tracing::{debug, info, warn};
 
 use super::relay::relay;
-use crate::config::ProxySettings;
+use crate::config::{self, ProxySettings};
 use crate::server::{AdminState, Server};
 use crate::service::{Choice, ServiceRuntime};
 
 /// How often a queued client looks again even without a wake-up (a safety net).
 const QUEUE_POLL: Duration = Duration::from_millis(100);
 
+/// Serves one accepted client. `settings` were read at accept time; `local_port` is the
+/// port the client connected to (a real server without its own port gets the same one).
 pub async fn serve(
     service: Arc<ServiceRuntime>,
+    settings: Arc<config::Service>,
     client: TcpStream,
     peer: SocketAddr,
-    local: SocketAddr,
+    local_port: u16,
 ) {
     let _counted = service.client_connected();
-    let settings = service.settings();
-    let Some(proxy) = settings.proxy().cloned() else {
+    let Some(proxy) = settings.proxy() else {
         return;
     };
-    tune(&client, &proxy);
-    // Listeners on a wildcard would see other local ports; the accepted socket knows.
-    let local_port = client.local_addr().map_or(local.port(), |a| a.port());
+    // The client leg's keepalive and TCP_NODELAY came with the socket from the
+    // listener (see listener.rs).
 
     let mut tried: Vec<Arc<Server>> = Vec::new();
     let mut queue_deadline: Option<Instant> = None;
     // Held while this client waits in the queue; dropping it leaves the queue.
     let mut queue_place = None;
     loop {
-        // Armed before choosing, so that a slot freed between the choice and the wait
-        // still wakes us.
+        // Created before choosing, so that a slot freed between the choice and the wait
+        // still wakes us. Not enabled: slots are announced with `notify_waiters`, which
+        // reaches a `Notified` from its creation on, and an enabled one would sit in the
+        // service's waiter list (under its lock) for the whole life of the connection.
         let slot_freed = service.slot_notified();
         tokio::pin!(slot_freed);
-        slot_freed.as_mut().enable();
         match service.choose(peer.ip(), &tried) {
             Choice::Server(lease) => {
                 let server = lease.server().clone();
                 let target = server.socket_addr(local_port);
                 // Subscribed before connecting, so that a Halt during the connect is seen.
                 let mut halted = server.halt_signal();
-                let failure = match connect(target, &proxy).await {
+                let failure = match connect(target, proxy).await {
                     Ok(_) if server.admin() == AdminState::Halt => {
                         "server halted while connecting".to_string()
                     }
@@ -83,7 +86,7 @@ pub async fn serve(
             }
             Choice::Fallback(endpoint, _lease) => {
                 let target = endpoint.socket_addr(local_port);
-                match connect(target, &proxy).await {
+                match connect(target, proxy).await {
                     Ok(upstream) => {
                         debug!(service = %service.label, %peer, %target, "connected to the fallback server");
                         log_end(
@@ -146,6 +149,8 @@ async fn connect(target: SocketAddr, proxy: &ProxySettings) -> io::Result<TcpStr
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
     };
+    // Set before connecting: the same system calls, and the leg is tuned from its SYN.
+    tune(&socket, proxy);
     let stream = timeout(proxy.connect_timeout, socket.connect(target))
         .await
         .map_err(|_| {
@@ -154,23 +159,29 @@ async fn connect(target: SocketAddr, proxy: &ProxySettings) -> io::Result<TcpStr
                 format!("no answer within {:?}", proxy.connect_timeout),
             )
         })??;
-    tune(&stream, proxy);
     Ok(stream)
 }
 
 /// Keepalive on both legs, so that a peer that vanished (power loss, a firewall that
 /// forgot the flow) is noticed on links that stay idle for days; no Nagle delay, since
-/// DICOM and HL7 are request/response.
-fn tune(stream: &TcpStream, proxy: &ProxySettings) {
-    let sock = SockRef::from(stream);
+/// DICOM and HL7 are request/response. Used on the listening socket too, whose accepted
+/// sockets inherit both. Returns whether every option was set.
+pub(super) fn tune(socket: &impl AsFd, proxy: &ProxySettings) -> bool {
+    let sock = SockRef::from(socket);
     let keepalive = TcpKeepalive::new()
         .with_time(proxy.keepalive_idle)
         .with_interval(Duration::from_secs(10))
         .with_retries(6);
+    let mut ok = true;
     if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
         debug!("cannot set TCP keepalive: {e}");
+        ok = false;
     }
-    let _ = stream.set_nodelay(true);
+    if let Err(e) = sock.set_tcp_nodelay(true) {
+        debug!("cannot set TCP_NODELAY: {e}");
+        ok = false;
+    }
+    ok
 }
 
 fn log_end(service: &str, peer: SocketAddr, server: &str, result: io::Result<super::Transferred>) {
