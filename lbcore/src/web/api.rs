@@ -33,8 +33,14 @@ use crate::server::AdminState;
 
 pub const SESSION_COOKIE: &str = "medlb_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
-/// The largest request body accepted (a configuration file fits many times over).
-const MAX_BODY: usize = 1 << 20;
+/// The largest configuration body accepted (well inside lbcore's request limit).
+const MAX_CONFIG_BODY: usize = 256 << 10;
+/// The largest body of every other request (login, state).
+const MAX_SMALL_BODY: usize = 4 << 10;
+/// Time for a client to send a whole body.
+const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The longest user name a login may give.
+const MAX_USER: usize = 64;
 
 pub type Reply = Response<Full<Bytes>>;
 
@@ -212,7 +218,7 @@ impl Api {
             ["api", "config"] => {
                 allow(&req, &[Method::PUT], "GET, PUT")?;
                 let (_, s) = self.change(&req)?;
-                let body: ConfigBody = read_json(req).await?;
+                let body: ConfigBody = read_json(req, MAX_CONFIG_BODY).await?;
                 let answer = self
                     .ask(control::Request::Apply { config: body.text })
                     .await?;
@@ -228,7 +234,7 @@ impl Api {
                 allow(&req, &[Method::POST], "POST")?;
                 let (_, s) = self.change(&req)?;
                 let (service, server) = (service.to_string(), server.to_string());
-                let body: StateBody = read_json(req).await?;
+                let body: StateBody = read_json(req, MAX_SMALL_BODY).await?;
                 let answer = self
                     .ask(control::Request::SetState {
                         service,
@@ -246,7 +252,10 @@ impl Api {
     }
 
     async fn login(&self, req: Request<Incoming>, peer: IpAddr) -> Result<Reply, Failure> {
-        let body: LoginBody = read_json(req).await?;
+        let body: LoginBody = read_json(req, MAX_SMALL_BODY).await?;
+        if body.user.len() > MAX_USER || body.user.chars().any(char::is_control) {
+            return Err(Failure::new(StatusCode::BAD_REQUEST, "invalid user name"));
+        }
         match self.auth.login(&body.user, &body.password, peer).await {
             Ok((token, session)) => {
                 info!(user = %session.user, %peer, "logged in");
@@ -267,7 +276,7 @@ impl Api {
             Err(e) => {
                 let status = match e {
                     LoginError::Wrong => {
-                        warn!(user = %body.user, %peer, "failed login");
+                        warn!(user = ?body.user, %peer, "failed login");
                         StatusCode::UNAUTHORIZED
                     }
                     LoginError::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -349,8 +358,11 @@ fn allow<B>(req: &Request<B>, methods: &[Method], list: &'static str) -> Result<
     Err(f)
 }
 
-/// Reads a JSON body of at most [`MAX_BODY`] bytes.
-async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Failure> {
+/// Reads a JSON body of at most `limit` bytes, sent within [`BODY_TIMEOUT`].
+async fn read_json<T: DeserializeOwned>(
+    req: Request<Incoming>,
+    limit: usize,
+) -> Result<T, Failure> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -363,14 +375,16 @@ async fn read_json<T: DeserializeOwned>(req: Request<Incoming>) -> Result<T, Fai
             "the body must be JSON (Content-Type: application/json)",
         ));
     }
-    let bytes = Limited::new(req.into_body(), MAX_BODY)
-        .collect()
-        .await
+    let collected =
+        tokio::time::timeout(BODY_TIMEOUT, Limited::new(req.into_body(), limit).collect())
+            .await
+            .map_err(|_| Failure::new(StatusCode::REQUEST_TIMEOUT, "the body came too slowly"))?;
+    let bytes = collected
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
                 Failure::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("the body is larger than {MAX_BODY} bytes"),
+                    format!("the body is larger than {limit} bytes"),
                 )
             } else {
                 Failure::new(

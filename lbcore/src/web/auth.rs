@@ -56,6 +56,9 @@ pub enum LoginError {
 
 #[derive(Default)]
 struct Failures {
+    /// A login from this address is being checked: the next waits its turn (refused),
+    /// so parallel guesses cannot slip past the count.
+    in_flight: bool,
     count: u32,
     locked_until: Option<Instant>,
     last: Option<Instant>,
@@ -67,8 +70,8 @@ pub struct Auth {
     lifetime: Duration,
     sessions: Mutex<HashMap<String, Session>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
-    /// argon2 takes ~20 MB and tens of milliseconds per try: a flood of logins waits
-    /// here instead of taking all memory and both cores.
+    /// argon2 takes ~20 MB and tens of milliseconds per try: logins are checked one
+    /// at a time, so a flood of them cannot take the proxy's cores or much memory.
     verifying: Semaphore,
     random: SystemRandom,
 }
@@ -81,7 +84,7 @@ impl Auth {
             lifetime,
             sessions: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
-            verifying: Semaphore::new(2),
+            verifying: Semaphore::new(1),
             random: SystemRandom::new(),
         }
     }
@@ -94,9 +97,8 @@ impl Auth {
         password: &str,
         peer: IpAddr,
     ) -> Result<(String, Session), LoginError> {
-        if let Some(wait) = self.locked(peer, Instant::now()) {
-            return Err(LoginError::Locked(wait.as_secs().max(1)));
-        }
+        self.begin(peer, Instant::now())?;
+        let _turn = InFlight { auth: self, peer };
         let _permit = self
             .verifying
             .acquire()
@@ -110,7 +112,9 @@ impl Auth {
         let now = Instant::now();
         match verdict {
             Ok(user) => {
-                self.lock_failures().remove(&peer);
+                if let Some(f) = self.lock_failures().get_mut(&peer) {
+                    f.count = 0;
+                }
                 let token = self.token().map_err(LoginError::Account)?;
                 let session = Session {
                     user,
@@ -168,24 +172,33 @@ impl Auth {
         sessions.retain(|_, s| !self.expired(s, now));
     }
 
-    fn locked(&self, peer: IpAddr, now: Instant) -> Option<Duration> {
-        let failures = self.lock_failures();
-        let until = failures.get(&peer)?.locked_until?;
-        (until > now).then(|| until - now)
+    /// Starts a login attempt from `peer`: refused while it is locked out or while
+    /// another attempt from it is being checked.
+    fn begin(&self, peer: IpAddr, now: Instant) -> Result<(), LoginError> {
+        let mut failures = self.lock_failures();
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&peer) {
+            failures.retain(|_, f| {
+                f.in_flight
+                    || f.locked_until.is_some_and(|u| u > now)
+                    || f.last.is_some_and(|l| now.duration_since(l) < LOCKOUT)
+            });
+            if failures.len() >= MAX_TRACKED {
+                return Err(LoginError::Locked(LOCKOUT.as_secs()));
+            }
+        }
+        let f = failures.entry(peer).or_default();
+        if let Some(until) = f.locked_until.filter(|u| *u > now) {
+            return Err(LoginError::Locked((until - now).as_secs().max(1)));
+        }
+        if f.in_flight {
+            return Err(LoginError::Locked(1));
+        }
+        f.in_flight = true;
+        Ok(())
     }
 
     fn failed(&self, peer: IpAddr, now: Instant) {
         let mut failures = self.lock_failures();
-        if failures.len() >= MAX_TRACKED && !failures.contains_key(&peer) {
-            // forget addresses quiet for longest; a locked one is kept while locked
-            failures.retain(|_, f| {
-                f.locked_until.is_some_and(|u| u > now)
-                    || f.last.is_some_and(|l| now.duration_since(l) < LOCKOUT)
-            });
-            if failures.len() >= MAX_TRACKED {
-                return;
-            }
-        }
         let f = failures.entry(peer).or_default();
         if f.last.is_some_and(|l| now.duration_since(l) > LOCKOUT * 5) {
             f.count = 0;
@@ -213,6 +226,20 @@ impl Auth {
 
     fn lock_failures(&self) -> std::sync::MutexGuard<'_, HashMap<IpAddr, Failures>> {
         self.failures.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Ends a login attempt's turn, whatever its outcome.
+struct InFlight<'a> {
+    auth: &'a Auth,
+    peer: IpAddr,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        if let Some(f) = self.auth.lock_failures().get_mut(&self.peer) {
+            f.in_flight = false;
+        }
     }
 }
 
@@ -339,6 +366,33 @@ mod tests {
         ));
         let other: IpAddr = "10.0.0.10".parse().unwrap();
         assert!(auth.login("admin", "correct horse", other).await.is_ok());
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn parallel_guesses_from_one_address_are_checked_one_at_a_time() {
+        let path = account("parallel", "correct horse");
+        let auth = std::sync::Arc::new(Auth::new(
+            path.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        ));
+        let tries: Vec<_> = (0..20)
+            .map(|_| {
+                let auth = auth.clone();
+                tokio::spawn(async move { auth.login("admin", "guess", PEER).await })
+            })
+            .collect();
+        let mut wrong = 0;
+        for t in tries {
+            if matches!(t.await.unwrap(), Err(LoginError::Wrong)) {
+                wrong += 1;
+            }
+        }
+        assert!(
+            wrong <= MAX_FAILURES as usize,
+            "{wrong} guesses were checked"
+        );
         std::fs::remove_file(path).unwrap();
     }
 

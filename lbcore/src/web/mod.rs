@@ -28,6 +28,9 @@ use tracing::{debug, info, warn};
 const MAX_CONNECTIONS: usize = 128;
 /// Time for a client to finish the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection may stay open, whatever the client does (a client that
+/// trickles or never reads cannot hold one of the slots for long).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// Time for a client to send a request's headers (and the most a kept-alive connection
 /// may sit idle between requests).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -129,7 +132,9 @@ async fn serve(
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(tls), service);
-    if let Err(e) = connection.await {
-        debug!(%peer, "connection ended: {e}");
+    match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+        Ok(Err(e)) => debug!(%peer, "connection ended: {e}"),
+        Err(_) => debug!(%peer, "connection closed after {CONNECTION_LIFETIME:?}"),
+        Ok(Ok(())) => {}
     }
 }
