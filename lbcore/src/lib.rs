@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod health;
 pub mod ipvs;
+pub mod logging;
 pub mod monitor;
 pub mod persistence;
 pub mod proxy;
