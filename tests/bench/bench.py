@@ -6,10 +6,18 @@ Topology (tests/netlab.py): three hosts on one bridge, each attached by a veth p
 client (.10), load balancer (.2) and server (.11). The direct path goes client -> server
 over the bridge; the proxied paths go client -> lb -> server, two hops on the same
 bridge, so every path sees the same link type, MTU and offloads. HAProxy and lbcore run
-side by side in the lb host, each with one frontend/service per workload, both with two
-threads (the machine's cores), neither pinned; the same servers (tests/bench's lbbench
-serve, storescp) and the same clients serve all three paths. Each workload runs once per
-path per round, in an order that rotates every round, and the table shows medians.
+side by side in the lb host, each with one frontend/service per workload; the same
+servers (tests/bench's lbbench serve, storescp) and the same clients serve all three
+paths. Each workload runs once per path per round, in an order that rotates every round,
+and the table shows medians.
+
+CPU placement (--placement): "dedicated" (the default) gives the proxies the upper half
+of the cores and the clients and servers the lower half, as in a hospital, where the
+load balancer is a VM of its own and the modality and the PACS are other machines. Both
+proxies then run one thread per core they have (HAProxy's nbthread, lbcore's worker
+count from its CPU affinity), and the direct path's peers get exactly the cores they get
+on the proxied paths. "shared" pins nothing: client, server and proxy compete for the
+same cores, so the proxy's CPU cost is taken from the peers (a harsher, noisier test).
 
 The CPU time each proxy process used during each measurement is read from
 /proc/PID/stat, so the table also says what each proxy cost, independently of where the
@@ -25,6 +33,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import shutil
 import statistics
 import subprocess
@@ -47,14 +56,15 @@ LB_IP, CLIENT_IP, SERVER_IP = f"{SUBNET}.2", f"{SUBNET}.10", f"{SUBNET}.11"
 # Ports of the servers; HAProxy listens on port+10000, lbcore on port+20000.
 PORTS = {"bulk": 5001, "rate": 5002, "mllp": 2575, "dicom": 11112}
 PATHS = ("direct", "haproxy", "lbcore")
-OFFSET = {"direct": 0, "haproxy": 10000, "lbcore": 20000}
+# "lbcore-b": a second lbcore with other options (--compare-lbcore), for tuning.
+OFFSET = {"direct": 0, "haproxy": 10000, "lbcore": 20000, "lbcore-b": 30000}
 MEM_PORT = 26002
 HAPROXY_MAXPIPES = 256  # the fresh proxies of the memory test
 DICOM_AE = "BENCH-SCP"
 
 HAPROXY_GLOBAL = """\
 global
-    nbthread 2
+    nbthread {nbthread}
     maxconn {maxconn}
     maxpipes {maxpipes}
     tune.pipesize 262144
@@ -86,8 +96,8 @@ def haproxy_maxconn():
     return max(1000, (soft - 2 * HAPROXY_MAXPIPES - 100) // 2)
 
 
-def haproxy_config(ports):
-    text = HAPROXY_GLOBAL.format(maxconn=haproxy_maxconn(), maxpipes=HAPROXY_MAXPIPES)
+def haproxy_config(ports, nbthread):
+    text = HAPROXY_GLOBAL.format(nbthread=nbthread, maxconn=haproxy_maxconn(), maxpipes=HAPROXY_MAXPIPES)
     for name, (listen, server) in ports.items():
         text += f"""
 frontend f_{name}
@@ -121,8 +131,21 @@ port = {server}
 
 
 def cpu_seconds(pid):
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """(work, spin): CPU seconds of the process's threads, those of lbcore's idle-priority
+    busy-poll threads apart (they run only when the core would otherwise halt)."""
+    work = spin = 0.0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            head, rest = (task / "stat").read_text().rsplit(")", 1)
+        except FileNotFoundError:
+            continue  # the thread ended meanwhile
+        fields = rest.split()
+        t = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if head.split("(", 1)[1].startswith("busy-poll"):
+            spin += t
+        else:
+            work += t
+    return work, spin
 
 
 def status_kb(pid, key):
@@ -135,6 +158,12 @@ def status_kb(pid, key):
 class Bench:
     def __init__(self, args):
         self.args = args
+        cores = sorted(os.sched_getaffinity(0))
+        if args.placement == "dedicated" and len(cores) >= 2:
+            half = len(cores) // 2
+            self.cpus = {"peers": cores[:half], "proxy": cores[half:]}
+        else:
+            self.cpus = {"peers": cores, "proxy": cores}
         self.tmp = Path(tempfile.mkdtemp(prefix="lbbench-"))
         self.lab = Lab("lbb", subnet=SUBNET)
         self.lb = self.lab.add_host("lb", 2)
@@ -146,63 +175,82 @@ class Bench:
             h.run(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
                    "net.ipv4.ip_local_port_range=1024 65535",
                    # ... except the proxies' listening ports (a fresh proxy binds later).
-                   "net.ipv4.ip_local_reserved_ports=10000-32767",
+                   "net.ipv4.ip_local_reserved_ports=10000-42000",
                    "net.core.somaxconn=4096", "net.ipv4.tcp_max_syn_backlog=8192"])
+        self.paths = PATHS + (("lbcore-b",) if args.compare_lbcore else ())
         self.proxy_pid = {}
         self.samples = {}  # (row, path) -> [values]
         self.cpu = {}  # (workload, path) -> [cpu fraction of one core]
+        self.spin = {}  # the same, of lbcore's busy-poll threads
 
     # -- peers and proxies -------------------------------------------------------------
 
+    def pinned(self, role, cmd):
+        """`cmd` bound to the cores of `role` (taskset execs, so the pid stays the same)."""
+        if self.args.placement != "dedicated":
+            return cmd
+        return ["taskset", "-c", ",".join(map(str, self.cpus[role])), *cmd]
+
+    def peer_threads(self):
+        return ["--threads", str(len(self.cpus["peers"]))]
+
     def start(self):
         s = self.server
-        s.spawn([str(BIN / "lbbench"), "serve", "--bulk", f"{SERVER_IP}:{PORTS['bulk']}",
-                 "--rate", f"{SERVER_IP}:{PORTS['rate']}", "--mllp", f"{SERVER_IP}:{PORTS['mllp']}"])
-        s.spawn(["env", "TCP_NODELAY=1", "storescp", "--aetitle", DICOM_AE, "--ignore", str(PORTS["dicom"])])
+        s.spawn(self.pinned("peers", [str(BIN / "lbbench"), *self.peer_threads(), "serve", "--bulk", f"{SERVER_IP}:{PORTS['bulk']}",
+                 "--rate", f"{SERVER_IP}:{PORTS['rate']}", "--mllp", f"{SERVER_IP}:{PORTS['mllp']}"]))
+        s.spawn(self.pinned("peers", ["env", "TCP_NODELAY=1", "storescp", "--aetitle", DICOM_AE, "--ignore",
+                                      str(PORTS["dicom"])]))
         for port in PORTS.values():
             wait_listening(s, port)
         self.proxy_pid["haproxy"] = self.start_haproxy(
             {w: (p + OFFSET["haproxy"], p) for w, p in PORTS.items()}, "main")
         self.proxy_pid["lbcore"] = self.start_lbcore(
             {w: (p + OFFSET["lbcore"], p) for w, p in PORTS.items()}, "main")
+        if self.args.compare_lbcore:
+            self.proxy_pid["lbcore-b"] = self.start_lbcore(
+                {w: (p + OFFSET["lbcore-b"], p) for w, p in PORTS.items()}, "b",
+                shlex.split(self.args.compare_lbcore))
         for w, p in PORTS.items():
-            wait_listening(self.lb, p + OFFSET["haproxy"])
-            wait_listening(self.lb, p + OFFSET["lbcore"])
+            for path in self.paths[1:]:
+                wait_listening(self.lb, p + OFFSET[path])
 
     def start_haproxy(self, ports, tag):
         cfg = self.tmp / f"haproxy-{tag}.cfg"
-        cfg.write_text(haproxy_config(ports))
+        cfg.write_text(haproxy_config(ports, len(self.cpus["proxy"])))
         self.lb.run(["haproxy", "-c", "-q", "-f", str(cfg)])
         logf = open(self.tmp / f"haproxy-{tag}.log", "w")
-        p = self.lb.spawn(["haproxy", "-db", "-f", str(cfg)], stdout=logf, stderr=subprocess.STDOUT)
+        p = self.lb.spawn(self.pinned("proxy", ["haproxy", "-db", "-f", str(cfg)]), stdout=logf,
+                          stderr=subprocess.STDOUT)
         return p
 
-    def start_lbcore(self, ports, tag):
+    def start_lbcore(self, ports, tag, extra=()):
         cfg = self.tmp / f"lbcore-{tag}.toml"
         cfg.write_text(lbcore_config(ports))
         logf = open(self.tmp / f"lbcore-{tag}.log", "w")
-        p = self.lb.spawn([str(BIN / "lbcore"), "--config", str(cfg), "--socket", str(self.tmp / f"lbcore-{tag}.sock"),
-                           "--state", str(self.tmp / f"lbcore-{tag}-state.json"), "--no-manage-addresses"],
+        p = self.lb.spawn(self.pinned("proxy", [str(BIN / "lbcore"), "--config", str(cfg), "--socket", str(self.tmp / f"lbcore-{tag}.sock"),
+                           "--state", str(self.tmp / f"lbcore-{tag}-state.json"), "--no-manage-addresses", *extra]),
                           stdout=logf, stderr=subprocess.STDOUT, env=dict(os.environ, LBCORE_LOG="warn"))
         return p
 
     # -- workloads --------------------------------------------------------------------
 
     def client_json(self, args, timeout):
-        r = self.client.run([str(BIN / "lbbench"), *args], timeout=timeout, check=False)
+        r = self.client.run(self.pinned("peers", [str(BIN / "lbbench"), *self.peer_threads(), *args]),
+                            timeout=timeout, check=False)
         if r.returncode != 0:
             raise RuntimeError(f"lbbench {' '.join(args)} failed: {r.stderr.strip()}")
         return json.loads(r.stdout.strip().splitlines()[-1])
 
     def measure(self, workload, path, fn):
         proc = self.proxy_pid.get(path)
-        c0, t0 = (cpu_seconds(proc.pid) if proc else 0.0), time.monotonic()
+        c0, t0 = (cpu_seconds(proc.pid) if proc else (0.0, 0.0)), time.monotonic()
         values = fn()
-        c1, t1 = (cpu_seconds(proc.pid) if proc else 0.0), time.monotonic()
+        c1, t1 = (cpu_seconds(proc.pid) if proc else (0.0, 0.0)), time.monotonic()
         if proc:
             if proc.poll() is not None:
                 raise RuntimeError(f"{path} exited with {proc.returncode}")
-            self.cpu.setdefault((workload, path), []).append((c1 - c0) / (t1 - t0))
+            self.cpu.setdefault((workload, path), []).append((c1[0] - c0[0]) / (t1 - t0))
+            self.spin.setdefault((workload, path), []).append((c1[1] - c0[1]) / (t1 - t0))
         for row, v in values.items():
             self.samples.setdefault((row, path), []).append(v)
         log(f"  {workload:6} {path:8} " + "  ".join(f"{k}={v:.4g}" for k, v in values.items()))
@@ -218,16 +266,18 @@ class Bench:
             log(f"  rate via {path}: {r['errors']} failed requests")
         return {"rate": r["conn_per_s"], "rate_p50": r["p50_ms"], "rate_p99": r["p99_ms"]}
 
-    def mllp(self, path):
-        r = self.client_json(["mllp", target(path, "mllp"), "--conns", "16", "--secs", str(self.args.secs)], timeout=60)
-        return {"hl7": r["msg_per_s"], "hl7_p50": r["p50_ms"], "hl7_p99": r["p99_ms"]}
+    def mllp(self, path, conns):
+        r = self.client_json(["mllp", target(path, "mllp"), "--conns", str(conns), "--secs", str(self.args.secs)],
+                             timeout=60)
+        key = "hl7" if conns > 1 else "hl7one"
+        return {key: r["msg_per_s"], f"{key}_p50": r["p50_ms"], f"{key}_p99": r["p99_ms"]}
 
     def dicom(self, path):
         host, port = target(path, "dicom").split(":")
         t0 = time.monotonic()
         for _ in range(self.args.dicom_repeat):
-            r = self.client.run(["env", "TCP_NODELAY=1", "storescu", "-aet", "BENCH-SCU", "-aec", DICOM_AE,
-                                 "+sd", host, port, str(self.study)], timeout=120, check=False)
+            r = self.client.run(self.pinned("peers", ["env", "TCP_NODELAY=1", "storescu", "-aet", "BENCH-SCU", "-aec", DICOM_AE,
+                                 "+sd", host, port, str(self.study)]), timeout=120, check=False)
             if r.returncode != 0:
                 raise RuntimeError(f"storescu via {path} failed: {r.stdout}{r.stderr}")
         elapsed = time.monotonic() - t0
@@ -244,7 +294,8 @@ class Bench:
             ("bulk1", lambda p: self.bulk(p, 1)),
             ("bulk8", lambda p: self.bulk(p, 8)),
             ("rate", self.rate),
-            ("hl7", self.mllp),
+            ("hl7", lambda p: self.mllp(p, 16)),
+            ("hl7one", lambda p: self.mllp(p, 1)),
             ("dicom", self.dicom),
         ]
         if self.args.only:
@@ -252,8 +303,8 @@ class Bench:
         for r in range(self.args.rounds):
             log(f"round {r + 1}/{self.args.rounds}")
             for i, (name, fn) in enumerate(workloads):
-                k = (r + i) % len(PATHS)
-                for path in PATHS[k:] + PATHS[:k]:
+                k = (r + i) % len(self.paths)
+                for path in self.paths[k:] + self.paths[:k]:
                     self.measure(name, path, lambda: fn(path))
 
     # -- memory -----------------------------------------------------------------------
@@ -274,7 +325,7 @@ class Bench:
                 raise RuntimeError(f"{name} did not start: " + (self.tmp / f"{name}-mem.log").read_text()) from None
             time.sleep(0.5)
             base = status_kb(proc.pid, "VmRSS")
-            hold = self.client.spawn([str(BIN / "lbbench"), "hold", f"{LB_IP}:{MEM_PORT}", "--count", str(want)],
+            hold = self.client.spawn(self.pinned("peers", [str(BIN / "lbbench"), *self.peer_threads(), "hold", f"{LB_IP}:{MEM_PORT}", "--count", str(want)]),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
             line = hold.stdout.readline()
             established = json.loads(line)["established"] if line else 0
@@ -313,8 +364,21 @@ ROWS = [
     ("hl7", "HL7 MLLP, 16 connections", "msg/s", True, "{:.0f}"),
     ("hl7_p50", "  round trip p50", "ms", False, "{:.3f}"),
     ("hl7_p99", "  round trip p99", "ms", False, "{:.3f}"),
+    ("hl7one", "HL7 MLLP, 1 connection", "msg/s", True, "{:.0f}"),
+    ("hl7one_p50", "  round trip p50", "ms", False, "{:.3f}"),
+    ("hl7one_p99", "  round trip p99", "ms", False, "{:.3f}"),
     ("dicom", "DICOM C-STORE, 200 images", "images/s", True, "{:.1f}"),
 ]
+
+
+def paired_ratio(bench, key, path, other, higher):
+    """Median over rounds of path's advantage over `other` in the same round: both ran
+    seconds apart, so drift in the machine's speed (other tenants, clocks) cancels."""
+    a, b = bench.samples.get((key, path)), bench.samples.get((key, other))
+    if not a or not b or len(a) != len(b):
+        return "–"
+    ratios = [(x / y) if higher else (y / x) for x, y in zip(a, b) if x and y]
+    return f"{statistics.median(ratios):.2f}" if ratios else "–"
 
 
 def ratio(a, b, higher):
@@ -325,40 +389,51 @@ def ratio(a, b, higher):
 
 def table(bench):
     med = {k: statistics.median(v) for k, v in bench.samples.items()}
-    lines = ["| Workload | Unit | Direct | HAProxy | lbcore | lbcore vs HAProxy | lbcore vs direct |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    paths = bench.paths
+    names = {"direct": "Direct", "haproxy": "HAProxy", "lbcore": "lbcore", "lbcore-b": "lbcore-b"}
+    pairs = [("lbcore", "haproxy"), ("lbcore", "direct")]
+    if "lbcore-b" in paths:
+        pairs.append(("lbcore-b", "lbcore"))
+    head = ["Workload", "Unit"] + [names[p] for p in paths] + [f"{names[a]} vs {names[b]}" for a, b in pairs]
+    lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for key, label, unit, higher, fmt in ROWS:
-        vals = [med.get((key, p)) for p in PATHS]
+        vals = [med.get((key, p)) for p in paths]
         if all(v is None for v in vals):
             continue
         cells = [fmt.format(v) if v is not None else "–" for v in vals]
-        d, h, lb = vals
-        lines.append(f"| {label} | {unit} | {' | '.join(cells)} | {ratio(lb, h, higher)} | {ratio(lb, d, higher)} |")
+        ratios = [paired_ratio(bench, key, a, b, higher) for a, b in pairs]
+        lines.append(f"| {label} | {unit} | {' | '.join(cells)} | {' | '.join(ratios)} |")
     if getattr(bench, "mem", None) and len(bench.mem) == 2:
         h, lb = bench.mem.get("haproxy"), bench.mem.get("lbcore")
         n = bench.mem_target
-        lines.append(f"| Idle connections held (of {n:,}) | conns | – | {h['established']:,} | {lb['established']:,} | "
+        pad = " – |" * (len(pairs) - 2 + len(paths) - 3)
+        lines.append(f"| Idle connections held (of {n:,}) | conns | – | {h['established']:,} | {lb['established']:,} |{pad} "
                      f"{ratio(lb['established'], h['established'], True)} | – |")
-        lines.append(f"| Peak RSS (VmHWM) at those connections | MB | – | {h['hwm_kb'] / 1024:.1f} | {lb['hwm_kb'] / 1024:.1f} | "
+        lines.append(f"| Peak RSS (VmHWM) at those connections | MB | – | {h['hwm_kb'] / 1024:.1f} | {lb['hwm_kb'] / 1024:.1f} |{pad} "
                      f"{ratio(lb['hwm_kb'], h['hwm_kb'], False)} | – |")
     return "\n".join(lines)
 
 
 def cpu_table(bench):
     names = {"bulk1": "Bulk, 1 stream", "bulk8": "Bulk, 8 streams", "rate": "Connection rate",
-             "hl7": "HL7 MLLP", "dicom": "DICOM C-STORE"}
-    lines = ["| Workload | HAProxy CPU | lbcore CPU |", "|---|---:|---:|"]
+             "hl7": "HL7 MLLP, 16 connections", "hl7one": "HL7 MLLP, 1 connection", "dicom": "DICOM C-STORE"}
+    proxies = [p for p in bench.paths if p != "direct"]
+    head = ["Workload"] + [f"{p} CPU" for p in proxies] + [f"{p} busy-poll" for p in proxies if p != "haproxy"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    pct = lambda v: f"{statistics.median(v) * 100:.0f}%" if v else "–"  # noqa: E731
     for w, label in names.items():
-        h, lb = bench.cpu.get((w, "haproxy")), bench.cpu.get((w, "lbcore"))
-        if h and lb:
-            lines.append(f"| {label} | {statistics.median(h) * 100:.0f}% | {statistics.median(lb) * 100:.0f}% |")
+        if not any(bench.cpu.get((w, p)) for p in proxies):
+            continue
+        cells = [pct(bench.cpu.get((w, p))) for p in proxies]
+        cells += [pct(bench.spin.get((w, p))) for p in proxies if p != "haproxy"]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def samples_text(bench):
     out = []
     for key, label, unit, _, fmt in ROWS:
-        for p in PATHS:
+        for p in bench.paths:
             v = bench.samples.get((key, p))
             if v:
                 out.append(f"{key:9} {p:8} " + " ".join(fmt.format(x) for x in v))
@@ -398,18 +473,22 @@ Do not edit the numbers by hand: run the benchmark again.
 ## Reproduce
 
 ```
-sudo tests/bench/run            # --rounds {args.rounds} --secs {args.secs} --images {args.images} --idle {args.idle}
+sudo tests/bench/run            # --rounds {args.rounds} --secs {args.secs} --images {args.images} --idle {args.idle} --placement {args.placement}
 ```
 
 ## Results
 
-Medians of {args.rounds} interleaved rounds ({args.secs:g} s per throughput measurement). Ratios
-are lbcore's advantage: for throughput lbcore / other, for latency and memory
-other / lbcore, so 1.00 or more means lbcore is as good or better.
+Values are medians of {args.rounds} interleaved rounds ({args.secs:g} s per throughput
+measurement). Ratios are lbcore's advantage: for throughput lbcore / other, for latency
+and memory other / lbcore, so 1.00 or more means lbcore is as good or better. Each ratio
+is the median of the per-round ratios: the paths of one round ran seconds apart, while
+this machine's speed drifts by up to 2x over minutes (it is a VM with neighbours; see the
+samples below), so a ratio of medians would compare different moments.
 
 {table(bench)}
 
-CPU used by the proxy process during each measurement (median; 100% = one core):
+CPU used by the proxy process during each measurement (median; 100% = one core; lbcore's
+idle-priority busy-poll threads apart, as they only run when the core would otherwise halt):
 
 {cmd_cpu(bench)}
 
@@ -422,18 +501,17 @@ CPU used by the proxy process during each measurement (median; 100% = one core):
 - Servers: `lbbench serve` (bulk sink, request/reply, MLLP ACK) and
   `storescp --ignore` (receives every byte, writes nothing) in the server host. Clients:
   `lbbench` and `storescu` in the client host. The same peers serve all three paths.
-- HAProxy: Debian's package, TCP mode, `nbthread 2`, `option splice-request` and
+- HAProxy: Debian's package, TCP mode, `nbthread {len(bench.cpus['proxy'])}`, `option splice-request` and
   `option splice-response` with `tune.pipesize 262144` (the same pipe size as lbcore;
   faster than `splice-auto` on bulk in trial runs here, and no slower elsewhere),
   `option tcpka`, `maxconn` from the file-descriptor limit, `maxpipes {HAPROXY_MAXPIPES}`,
   no logging, no checks.
 - lbcore: `target/release/lbcore`, one Layer 7 service per workload, `check = {{ kind = "none" }}`,
-  round robin to the single server, log level `warn`; its own runtime settings (two
-  worker threads on two cores).
-- CPU placement: nothing is pinned. The client, server and proxy share the machine's
-  {m['cores']} cores; both proxies run two threads. Every path pays for its work on the
-  same cores, so a proxy's cost shows in the ratios against direct; the CPU table
-  shows each proxy's own cost.
+  round robin to the single server, log level `warn`; its own runtime settings (one
+  worker thread per core it may run on; busy polling while traffic flows with the default
+  200 µs window, whose idle-priority spinning is shown apart in the CPU table). HAProxy's
+  own `busy-polling` is off, as by default: it spins all the time, traffic or not.
+{placement_text(bench)}
 - Sysctls in every namespace: `tcp_tw_reuse=1`, `ip_local_port_range=1024 65535`
   (listening ports 10000-32767 reserved), `somaxconn=4096`.
 - Bulk: N connections write 256 KiB buffers for {args.secs:g} s, half-close, and the server
@@ -441,7 +519,9 @@ CPU used by the proxy process during each measurement (median; 100% = one core):
 - Connection rate: 64 concurrent clients, each a loop of connect, 64-byte request,
   512-byte reply, close; latency from before connect() to the last reply byte.
 - HL7: 16 long-lived connections, each a loop of one ADT^A01 (≈280 bytes, MLLP framed)
-  and waiting for its ACK.
+  and waiting for its ACK. "1 connection" is one such loop alone, as one interface
+  engine feeding one receiver sends: every message waits for the previous ACK, so it
+  measures the round trip a proxy adds rather than its capacity.
 - DICOM: `storescu +sd` ({args.dicom_repeat} runs per measurement) sends {args.images} Secondary Capture images of 512×512 pixels
   (≈256 KiB each, written by `tests/peers/dicom_files.py`) over one association to
   `storescp --ignore`; images/s = images / wall time of storescu. Both dcmtk peers run
@@ -465,18 +545,37 @@ Samples (one per round, in round order):
     return out
 
 
+def placement_text(bench):
+    if bench.args.placement == "dedicated" and bench.cpus["proxy"] != bench.cpus["peers"]:
+        cpus = lambda role: ", ".join(map(str, bench.cpus[role]))  # noqa: E731
+        return f"""- CPU placement (`--placement dedicated`): the proxies run on core(s) {cpus('proxy')}, the
+  clients and servers on core(s) {cpus('peers')} (`taskset`), on every path. This is the
+  deployment being modelled: the load balancer is a VM of its own, and the modality and
+  the PACS are other machines, so a proxy's CPU cost is not taken from the peers; the
+  direct path's peers have the same cores as on the proxied paths. The CPU table shows
+  how busy each proxy's core(s) were. `--placement shared` pins nothing instead."""
+    return """- CPU placement (`--placement shared`): nothing is pinned. The client, server and
+  proxy share the machine's cores; a proxy's CPU cost is taken from the peers and shows in
+  the ratios against direct; the CPU table shows each proxy's own cost."""
+
+
 def cmd_cpu(bench):
     return cpu_table(bench)
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--secs", type=float, default=3.0)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--secs", type=float, default=2.0)
     ap.add_argument("--images", type=int, default=200)
-    ap.add_argument("--dicom-repeat", type=int, default=3, help="storescu runs (of the whole study) per measurement")
+    ap.add_argument("--dicom-repeat", type=int, default=2, help="storescu runs (of the whole study) per measurement")
     ap.add_argument("--idle", type=int, default=10000)
-    ap.add_argument("--only", default="", help="comma-separated: bulk1,bulk8,rate,hl7,dicom,memory (debugging)")
+    ap.add_argument("--only", default="", help="comma-separated: bulk1,bulk8,rate,hl7,hl7one,dicom,memory (debugging)")
+    ap.add_argument("--placement", choices=("dedicated", "shared"), default="dedicated",
+                    help="dedicated: proxies on the upper half of the cores, peers on the lower half; "
+                         "shared: nothing pinned")
+    ap.add_argument("--compare-lbcore", default="", metavar="ARGS",
+                    help="also run a second lbcore with these extra options (tuning; implies --no-doc)")
     ap.add_argument("--no-doc", action="store_true", help="print the table only")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -498,7 +597,7 @@ def main():
     print(table(bench))
     print()
     print(cpu_table(bench))
-    if not args.no_doc:
+    if not args.no_doc and not args.compare_lbcore:
         out = write_doc(bench, machine(), started, duration, " ".join(load))
         log(f"wrote {out}")
 

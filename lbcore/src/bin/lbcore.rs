@@ -24,6 +24,10 @@ struct Args {
     /// Leave the interfaces' addresses alone (service addresses are configured elsewhere).
     #[arg(long)]
     no_manage_addresses: bool,
+    /// Keep the cores awake this many microseconds after the last byte relayed, so
+    /// that the next packet does not wait for a halted virtual CPU (0: off).
+    #[arg(long, default_value_t = 200, value_name = "MICROSECONDS")]
+    busy_poll_us: u64,
     /// Only check the configuration file, print what is wrong, and exit.
     #[arg(long)]
     check: bool,
@@ -61,6 +65,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    lbcore::proxy::busy_poll::start(std::time::Duration::from_micros(args.busy_poll_us));
     let state = args
         .state
         .unwrap_or_else(|| daemon::default_state_path(&args.config));

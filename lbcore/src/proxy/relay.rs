@@ -99,9 +99,14 @@ async fn one_way(from: &TcpStream, to: &TcpStream, ended: &AtomicBool) -> io::Re
             bulk = n >= COPY;
             n
         } else {
-            let (n, sent) = from
-                .async_io(Interest::READABLE, || copy_once(from, to, &mut pending))
-                .await?;
+            let (n, sent) = when_readable(from, || {
+                let (n, sent) = copy_once(from, to, &mut pending)?;
+                // A short read emptied the socket's receive queue (recv copies until
+                // the queue or the buffer runs out), so the next read would only say
+                // EAGAIN: tell tokio now and save that system call per message.
+                Ok(((n, sent), n > 0 && n < COPY))
+            })
+            .await?;
             if sent < n {
                 write_all(to, &pending).await?;
                 pending = Vec::new();
@@ -118,6 +123,38 @@ async fn one_way(from: &TcpStream, to: &TcpStream, ended: &AtomicBool) -> io::Re
             return Ok(total);
         }
         total += moved as u64;
+        super::busy_poll::note_traffic();
+    }
+}
+
+/// Runs `op` once `from` is readable. `op` returns its result and whether it drained
+/// the socket; then tokio forgets the readiness at once instead of learning it from a
+/// read that fails with EAGAIN. Safe against a race with new data: tokio only clears
+/// readiness it has not seen change since `op` started (an event that arrives meanwhile
+/// bumps its tick and is kept).
+async fn when_readable<R>(
+    from: &TcpStream,
+    mut op: impl FnMut() -> io::Result<(R, bool)>,
+) -> io::Result<R> {
+    loop {
+        from.readable().await?;
+        let mut out = None;
+        let tried = from.try_io(Interest::READABLE, || {
+            let (r, drained) = op()?;
+            out = Some(r);
+            if drained {
+                Err(io::ErrorKind::WouldBlock.into())
+            } else {
+                Ok(())
+            }
+        });
+        match (out, tried) {
+            (Some(r), _) => return Ok(r),
+            // Readiness was stale (the read said EAGAIN): wait for the next event.
+            (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            (None, Err(e)) => return Err(e),
+            (None, Ok(())) => continue,
+        }
     }
 }
 
