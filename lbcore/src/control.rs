@@ -42,6 +42,9 @@ pub struct Response {
     pub ok: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Why a request was refused (absent when it was not).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refusal: Option<Refusal>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,11 +64,53 @@ impl Response {
     }
 
     pub fn error(error: impl Into<String>) -> Response {
+        Response::refused(Refused::from(error.into()))
+    }
+
+    pub fn refused(refused: Refused) -> Response {
         Response {
             ok: false,
-            error: Some(error.into()),
+            error: Some(refused.reason),
+            refusal: Some(refused.kind),
             ..Response::default()
         }
+    }
+}
+
+/// The kind of a refusal, so that a client (the web API) can tell a wrong request from
+/// a missing object or a failure of lbcore's own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Refusal {
+    /// The request is wrong: an invalid configuration, a port that cannot be had.
+    Invalid,
+    /// It names a service or real server that does not exist.
+    NotFound,
+    /// The request was valid but lbcore could not carry it out (saving the file failed).
+    Failed,
+}
+
+/// A refused request: its kind and the reason, which names what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{reason}")]
+pub struct Refused {
+    pub kind: Refusal,
+    pub reason: String,
+}
+
+impl Refused {
+    pub fn new(kind: Refusal, reason: impl Into<String>) -> Refused {
+        Refused {
+            kind,
+            reason: reason.into(),
+        }
+    }
+}
+
+/// Most refusals are invalid requests; the others are built with [`Refused::new`].
+impl From<String> for Refused {
+    fn from(reason: String) -> Refused {
+        Refused::new(Refusal::Invalid, reason)
     }
 }
 

@@ -19,7 +19,7 @@ use crate::addresses::ServiceAddresses;
 use crate::admin_state::AdminStates;
 use crate::config::{self, Config, Layer};
 use crate::control::{
-    self, FallbackStatus, Request, Response, ServerStatus, ServiceStatus, Status,
+    self, FallbackStatus, Refusal, Refused, Request, Response, ServerStatus, ServiceStatus, Status,
 };
 use crate::ipvs;
 use crate::monitor::{self, MonitorSpec};
@@ -175,7 +175,7 @@ impl Daemon {
             },
             Request::Apply { config } => match self.apply_text(config).await {
                 Ok(summary) => Response::ok(summary),
-                Err(e) => Response::error(e),
+                Err(e) => Response::refused(e),
             },
             Request::ShowConfig => match self.config_text().await {
                 Ok(text) => Response {
@@ -191,7 +191,7 @@ impl Daemon {
                 state,
             } => match self.set_state(&service, &server, state) {
                 Ok(m) => Response::ok(m),
-                Err(e) => Response::error(e),
+                Err(e) => Response::refused(e),
             },
         }
     }
@@ -214,7 +214,7 @@ impl Daemon {
     /// neither and says why not. The file is replaced only once the configuration is
     /// known to be valid and its ports are bound, so that what runs and what the next
     /// start reads stay the same.
-    async fn apply_text(&mut self, text: String) -> Result<String, String> {
+    async fn apply_text(&mut self, text: String) -> Result<String, Refused> {
         let path = self.opts.config.clone();
         let result = async {
             let new = config::parse(&text).map_err(|e| e.with_path(&path).to_string())?;
@@ -229,7 +229,12 @@ impl Daemon {
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()))
-            .map_err(|e| format!("cannot save {}: {e}", path.display()))?;
+            .map_err(|e| {
+                Refused::new(
+                    Refusal::Failed,
+                    format!("cannot save {}: {e}", path.display()),
+                )
+            })?;
             Ok(self.commit(prepared).await)
         }
         .await;
@@ -405,15 +410,19 @@ impl Daemon {
         service: &str,
         server: &str,
         state: AdminState,
-    ) -> Result<String, String> {
-        let entry = self
-            .services
-            .get(service)
-            .ok_or_else(|| format!("there is no service called `{service}`"))?;
-        let target = entry
-            .runtime
-            .server(server)
-            .ok_or_else(|| format!("service `{service}` has no real server called `{server}`"))?;
+    ) -> Result<String, Refused> {
+        let entry = self.services.get(service).ok_or_else(|| {
+            Refused::new(
+                Refusal::NotFound,
+                format!("there is no service called `{service}`"),
+            )
+        })?;
+        let target = entry.runtime.server(server).ok_or_else(|| {
+            Refused::new(
+                Refusal::NotFound,
+                format!("service `{service}` has no real server called `{server}`"),
+            )
+        })?;
         let before = target.set_admin(state);
         self.sync_ipvs();
         let note = match state {

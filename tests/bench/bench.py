@@ -177,7 +177,7 @@ class Bench:
                    # ... except the proxies' listening ports (a fresh proxy binds later).
                    "net.ipv4.ip_local_reserved_ports=10000-42000",
                    "net.core.somaxconn=4096", "net.ipv4.tcp_max_syn_backlog=8192"])
-        self.paths = PATHS + (("lbcore-b",) if args.compare_lbcore else ())
+        self.paths = PATHS + (("lbcore-b",) if args.compare_lbcore or args.compare_binary else ())
         self.proxy_pid = {}
         self.samples = {}  # (row, path) -> [values]
         self.cpu = {}  # (workload, path) -> [cpu fraction of one core]
@@ -206,10 +206,10 @@ class Bench:
             {w: (p + OFFSET["haproxy"], p) for w, p in PORTS.items()}, "main")
         self.proxy_pid["lbcore"] = self.start_lbcore(
             {w: (p + OFFSET["lbcore"], p) for w, p in PORTS.items()}, "main")
-        if self.args.compare_lbcore:
+        if "lbcore-b" in self.paths:
             self.proxy_pid["lbcore-b"] = self.start_lbcore(
                 {w: (p + OFFSET["lbcore-b"], p) for w, p in PORTS.items()}, "b",
-                shlex.split(self.args.compare_lbcore))
+                shlex.split(self.args.compare_lbcore), self.args.compare_binary)
         for w, p in PORTS.items():
             for path in self.paths[1:]:
                 wait_listening(self.lb, p + OFFSET[path])
@@ -223,11 +223,11 @@ class Bench:
                           stderr=subprocess.STDOUT)
         return p
 
-    def start_lbcore(self, ports, tag, extra=()):
+    def start_lbcore(self, ports, tag, extra=(), binary=None):
         cfg = self.tmp / f"lbcore-{tag}.toml"
         cfg.write_text(lbcore_config(ports))
         logf = open(self.tmp / f"lbcore-{tag}.log", "w")
-        p = self.lb.spawn(self.pinned("proxy", [str(BIN / "lbcore"), "--config", str(cfg), "--socket", str(self.tmp / f"lbcore-{tag}.sock"),
+        p = self.lb.spawn(self.pinned("proxy", [str(binary or BIN / "lbcore"), "--config", str(cfg), "--socket", str(self.tmp / f"lbcore-{tag}.sock"),
                            "--state", str(self.tmp / f"lbcore-{tag}-state.json"), "--no-manage-addresses", *extra]),
                           stdout=logf, stderr=subprocess.STDOUT, env=dict(os.environ, LBCORE_LOG="warn"))
         return p
@@ -418,14 +418,16 @@ def cpu_table(bench):
     names = {"bulk1": "Bulk, 1 stream", "bulk8": "Bulk, 8 streams", "rate": "Connection rate",
              "hl7": "HL7 MLLP, 16 connections", "hl7one": "HL7 MLLP, 1 connection", "dicom": "DICOM C-STORE"}
     proxies = [p for p in bench.paths if p != "direct"]
-    head = ["Workload"] + [f"{p} CPU" for p in proxies] + [f"{p} busy-poll" for p in proxies if p != "haproxy"]
+    # lbcore's idle-priority spinners (--busy-poll-us), where they ran at all
+    spinning = [p for p in proxies if any(any(v) for (_, q), v in bench.spin.items() if q == p)]
+    head = ["Workload"] + [f"{p} CPU" for p in proxies] + [f"{p} busy-poll" for p in spinning]
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
     pct = lambda v: f"{statistics.median(v) * 100:.0f}%" if v else "–"  # noqa: E731
     for w, label in names.items():
         if not any(bench.cpu.get((w, p)) for p in proxies):
             continue
         cells = [pct(bench.cpu.get((w, p))) for p in proxies]
-        cells += [pct(bench.spin.get((w, p))) for p in proxies if p != "haproxy"]
+        cells += [pct(bench.spin.get((w, p))) for p in spinning]
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -487,8 +489,7 @@ samples below), so a ratio of medians would compare different moments.
 
 {table(bench)}
 
-CPU used by the proxy process during each measurement (median; 100% = one core; lbcore's
-idle-priority busy-poll threads apart, as they only run when the core would otherwise halt):
+CPU used by the proxy process during each measurement (median; 100% = one core):
 
 {cmd_cpu(bench)}
 
@@ -508,9 +509,8 @@ idle-priority busy-poll threads apart, as they only run when the core would othe
   no logging, no checks.
 - lbcore: `target/release/lbcore`, one Layer 7 service per workload, `check = {{ kind = "none" }}`,
   round robin to the single server, log level `warn`; its own runtime settings (one
-  worker thread per core it may run on; busy polling while traffic flows with the default
-  200 µs window, whose idle-priority spinning is shown apart in the CPU table). HAProxy's
-  own `busy-polling` is off, as by default: it spins all the time, traffic or not.
+  worker thread per core it may run on; `--busy-poll-us` off, as by default, like
+  HAProxy's `busy-polling`).
 {placement_text(bench)}
 - Sysctls in every namespace: `tcp_tw_reuse=1`, `ip_local_port_range=1024 65535`
   (listening ports 10000-32767 reserved), `somaxconn=4096`.
@@ -576,6 +576,8 @@ def main():
                          "shared: nothing pinned")
     ap.add_argument("--compare-lbcore", default="", metavar="ARGS",
                     help="also run a second lbcore with these extra options (tuning; implies --no-doc)")
+    ap.add_argument("--compare-binary", default="", metavar="PATH",
+                    help="the second lbcore is this binary (another build; implies --no-doc)")
     ap.add_argument("--no-doc", action="store_true", help="print the table only")
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -597,7 +599,7 @@ def main():
     print(table(bench))
     print()
     print(cpu_table(bench))
-    if not args.no_doc and not args.compare_lbcore:
+    if not args.no_doc and "lbcore-b" not in bench.paths:
         out = write_doc(bench, machine(), started, duration, " ".join(load))
         log(f"wrote {out}")
 

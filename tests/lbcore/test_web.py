@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import PYTHON, VIP, binary, tcp_peer, wait_listening
-from netlab import wait_for
+from netlab import connect_from, wait_for
 from webapi import ApiClient
 
 PORT = 9443
@@ -21,13 +21,16 @@ PASSWORD = "correct horse battery"
 BLOCKER = "import socket, sys, time; s = socket.socket(); s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(); time.sleep(600)"
 
 
-def admin_file(directory):
-    hashed = subprocess.run(
+def admin_hash(password):
+    return subprocess.run(
         ["argon2", "lbweb-test-salt", "-id", "-t", "2", "-m", "14", "-p", "1", "-e"],
-        input=PASSWORD.encode(), capture_output=True, check=True,
+        input=password.encode(), capture_output=True, check=True,
     ).stdout.decode().strip()
+
+
+def admin_file(directory):
     path = Path(directory) / "admin.toml"
-    path.write_text(f'user = "admin"\npassword_hash = "{hashed}"\n')
+    path.write_text(f'user = "admin"\npassword_hash = "{admin_hash(PASSWORD)}"\n')
     return path
 
 
@@ -204,7 +207,9 @@ def test_drain_halt_online_through_the_api(lbcore, web, servers):
     assert status == 200 and "drain" in body["message"], body
     assert lb.server("APP", "RS1")["state"] == "drain"
     status, _, body = w.request("POST", "/api/services/APP/servers/RS9/state", {"state": "halt"})
-    assert status == 422 and "RS9" in body["error"]
+    assert status == 404 and "RS9" in body["error"]
+    status, _, body = w.request("POST", "/api/services/NOPE/servers/RS1/state", {"state": "halt"})
+    assert status == 404 and "NOPE" in body["error"]
     status, _, body = w.request("POST", "/api/services/APP/servers/RS1/state", {"state": "sleep"})
     assert status == 400 and "sleep" in body["error"]
     status, _, body = w.request("POST", "/api/services/APP/servers/RS1/state", {"state": "online"})
@@ -237,3 +242,75 @@ def test_certificate_made_once_and_key_private(lbcore, web, servers):
     w.start()
     assert w.login()[0] == 200
     assert (w.tls_dir / "cert.pem").read_bytes() == cert
+
+
+# (method, path, body) of every route that needs a session; the changes also need the
+# CSRF token
+READS = [("GET", "/api/status", None), ("GET", "/api/session", None), ("GET", "/api/config", None)]
+CHANGES = [("PUT", "/api/config", {"text": config(weight2=5)}),
+           ("POST", "/api/services/APP/servers/RS1/state", {"state": "halt"}),
+           ("POST", "/api/logout", {})]
+
+
+def test_every_route_needs_a_session_and_every_change_the_csrf_token(lbcore, web, servers):
+    lb = lbcore(config())
+    w = web(lb)
+    for method, path, body in READS + CHANGES:
+        status, _, answer = w.request(method, path, body)
+        assert status == 401, (method, path, status, answer)
+    w.login()
+    token, w.api.csrf = w.api.csrf, None
+    for method, path, body in CHANGES:
+        status, _, answer = w.request(method, path, body)
+        assert status == 403, (method, path, status, answer)
+    for method, path, body in READS:
+        status, _, answer = w.request(method, path, body)
+        assert status == 200, (method, path, status, answer)
+    w.api.csrf = token
+    assert lb.server("APP", "RS1")["state"] == "online" and lb.server("APP", "RS2")["weight"] == 100
+    # another session's token is no good either
+    other = ApiClient(w.client, LB, PORT, cafile=w.tls_dir / "cert.pem", hostname=socket.gethostname())
+    assert other.login(PASSWORD)[0] == 200
+    status, _, _ = w.request("POST", "/api/services/APP/servers/RS1/state", {"state": "halt"},
+                             headers={"X-CSRF-Token": other.csrf})
+    assert status == 403 and lb.server("APP", "RS1")["state"] == "online"
+
+
+def test_a_configuration_that_cannot_be_saved_changes_nothing(lab, lbcore, web, servers):
+    lb = lbcore(config())
+    w = web(lb)
+    w.login()
+    # the atomic write's temporary file cannot be created where a directory stands
+    blocker = lb.config.parent / f".{lb.config.name}.tmp"
+    blocker.mkdir()
+    try:
+        status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=40, port=7002)})
+        assert status == 500 and "cannot save" in body["error"], (status, body)
+        assert lb.config.read_text() == config()
+        assert lb.server("APP", "RS2")["weight"] == 100
+        assert lb.service("APP")["ports"] == [7000]
+        # the service still answers on its old port, and the port the refused change
+        # had bound is free again
+        s = connect_from(lab.hosts["client"], VIP, 7000)
+        assert s.makefile("rb").readline().strip() in (b"rs1", b"rs2")
+        s.close()
+        with pytest.raises(OSError):
+            connect_from(lab.hosts["client"], VIP, 7002, timeout=2).close()
+    finally:
+        blocker.rmdir()
+    status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=40, port=7002)})
+    assert status == 200, body
+    assert lb.service("APP")["ports"] == [7002] and lb.server("APP", "RS2")["weight"] == 40
+
+
+def test_a_console_password_reset_ends_open_sessions(lbcore, web, servers):
+    lb = lbcore(config())
+    w = web(lb)
+    assert w.login()[0] == 200
+    assert w.request("GET", "/api/status")[0] == 200
+    # what the console's reset does: the account file rewritten with a new hash
+    w.admin.write_text(f'user = "admin"\npassword_hash = "{admin_hash("another password")}"\n')
+    status, _, body = w.request("GET", "/api/status")
+    assert status == 401 and "log in again" in body["error"]
+    assert w.login()[0] == 401
+    assert w.login("another password")[0] == 200

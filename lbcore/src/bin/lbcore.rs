@@ -25,8 +25,9 @@ struct Args {
     #[arg(long)]
     no_manage_addresses: bool,
     /// Keep the cores awake this many microseconds after the last byte relayed, so
-    /// that the next packet does not wait for a halted virtual CPU (0: off).
-    #[arg(long, default_value_t = 200, value_name = "MICROSECONDS")]
+    /// that the next packet does not wait for a halted virtual CPU (0: off). For a
+    /// host of its own: the spinning takes CPU time other VMs on the host could use.
+    #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
     busy_poll_us: u64,
     /// Only check the configuration file, print what is wrong, and exit.
     #[arg(long)]

@@ -12,9 +12,14 @@
 //! nothing else to do, and a worker (or any other task of the appliance) that becomes
 //! runnable preempts them at once, so they never delay work; they only keep the core
 //! from sleeping. After a whole poll window without any byte relayed they go to sleep
-//! until the next one, so an idle appliance spends no CPU on them. The price: while
-//! traffic is steady, the hypervisor sees the appliance's cores fully busy. The window
-//! is set with `lbcore --busy-poll-us` (0 turns this off).
+//! until the next one, so an idle appliance spends no CPU on them.
+//!
+//! Off unless `lbcore --busy-poll-us` sets a window: while traffic is steady the
+//! hypervisor sees the appliance's cores fully busy, and the spinning takes physical CPU
+//! (or a hyperthread's share of it) that other VMs on the same host could use. Measured
+//! on the project's benchmark machine: one-connection HL7 round trips ~10 % faster and
+//! DICOM 3-12 % more images/s, but bulk throughput ~6 % lower, because the spinning core
+//! shares the host's CPU with the busy peers' core. Worth it on a host of its own.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
@@ -178,11 +183,11 @@ mod tests {
     #[test]
     fn spins_at_idle_priority_only_while_traffic_flows() {
         start(Duration::from_millis(5));
-        wait_for("the spinners to start", || !spinner_policies().is_empty());
-        assert!(
-            spinner_policies().iter().all(|&p| p == libc::SCHED_IDLE),
-            "every spinner runs under SCHED_IDLE"
-        );
+        // Each thread lowers its own priority first thing.
+        wait_for("every spinner to run under SCHED_IDLE", || {
+            let policies = spinner_policies();
+            !policies.is_empty() && policies.iter().all(|&p| p == libc::SCHED_IDLE)
+        });
         note_traffic();
         assert!(AWAKE.load(Ordering::SeqCst), "traffic wakes the spinners");
         // Other tests in this process relay bytes too, but not for long.

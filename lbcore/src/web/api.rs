@@ -27,7 +27,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
-use super::auth::{self, Auth, LoginError, Session};
+use super::auth::{self, Auth, LoginError, Session, Use};
 use crate::control;
 use crate::server::AdminState;
 
@@ -187,7 +187,7 @@ impl Api {
             }
             ["api", "session"] => {
                 allow(&req, &[Method::GET], "GET")?;
-                let (_, s) = self.session(&req)?;
+                let (_, s) = self.session(&req, Use::Poll)?;
                 Ok(json(
                     StatusCode::OK,
                     &SessionBody {
@@ -198,7 +198,7 @@ impl Api {
             }
             ["api", "status"] => {
                 allow(&req, &[Method::GET], "GET")?;
-                self.session(&req)?;
+                self.session(&req, Use::Poll)?;
                 let answer = self.ask(control::Request::Status).await?;
                 let status = answer.status.ok_or_else(|| {
                     Failure::new(StatusCode::BAD_GATEWAY, "lbcore sent no status")
@@ -206,7 +206,7 @@ impl Api {
                 Ok(json(StatusCode::OK, &status))
             }
             ["api", "config"] if req.method() == Method::GET => {
-                self.session(&req)?;
+                self.session(&req, Use::Operator)?;
                 let answer = self.ask(control::Request::ShowConfig).await?;
                 Ok(json(
                     StatusCode::OK,
@@ -293,11 +293,11 @@ impl Api {
     }
 
     /// The caller's session (cookie value and session), or 401.
-    fn session<B>(&self, req: &Request<B>) -> Result<(String, Session), Failure> {
+    fn session<B>(&self, req: &Request<B>, how: Use) -> Result<(String, Session), Failure> {
         let token = cookie(req.headers(), SESSION_COOKIE).ok_or_else(|| {
             Failure::new(StatusCode::UNAUTHORIZED, "log in first (POST /api/login)")
         })?;
-        let session = self.auth.session(&token).ok_or_else(|| {
+        let session = self.auth.session(&token, how).ok_or_else(|| {
             Failure::new(
                 StatusCode::UNAUTHORIZED,
                 "the session has ended: log in again",
@@ -308,7 +308,7 @@ impl Api {
 
     /// The session of a request that changes something: the CSRF token must match.
     fn change<B>(&self, req: &Request<B>) -> Result<(String, Session), Failure> {
-        let (token, session) = self.session(req)?;
+        let (token, session) = self.session(req, Use::Operator)?;
         let sent = req
             .headers()
             .get(CSRF_HEADER)
@@ -323,7 +323,8 @@ impl Api {
         Ok((token, session))
     }
 
-    /// One request to lbcore; a refusal becomes 422 with lbcore's reason.
+    /// One request to lbcore; a refusal becomes 422 (invalid), 404 (no such service or
+    /// server) or 500 (lbcore could not save it), with lbcore's reason.
     async fn ask(&self, request: control::Request) -> Result<control::Response, Failure> {
         let socket = self.control.clone();
         let answer = tokio::task::spawn_blocking(move || control::call(&socket, &request))
@@ -336,13 +337,17 @@ impl Api {
                 _ => Failure::new(StatusCode::BAD_GATEWAY, e.to_string()),
             })?;
         if answer.ok {
-            Ok(answer)
-        } else {
-            Err(Failure::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                answer.error.unwrap_or_else(|| "refused".into()),
-            ))
+            return Ok(answer);
         }
+        let status = match answer.refusal {
+            Some(control::Refusal::NotFound) => StatusCode::NOT_FOUND,
+            Some(control::Refusal::Failed) => StatusCode::INTERNAL_SERVER_ERROR,
+            Some(control::Refusal::Invalid) | None => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        Err(Failure::new(
+            status,
+            answer.error.unwrap_or_else(|| "refused".into()),
+        ))
     }
 }
 

@@ -28,7 +28,7 @@ const MAX_SESSIONS: usize = 64;
 const MAX_TRACKED: usize = 4096;
 
 /// The contents of admin.toml (the format init's wizard writes).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 struct AdminFile {
     user: String,
     password_hash: String,
@@ -40,6 +40,19 @@ pub struct Session {
     pub csrf: String,
     created: Instant,
     last_used: Instant,
+    /// The account as it was at login: a password reset on the console (or a new
+    /// user name) ends every session opened with the old one.
+    account: AdminFile,
+}
+
+/// What a request does with its session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Use {
+    /// The operator did something: the idle time starts again.
+    Operator,
+    /// A page refreshing itself (status polling): the session is checked but not kept
+    /// alive, so a browser left open on a ward PC still logs out when idle.
+    Poll,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
@@ -111,16 +124,17 @@ impl Auth {
             .map_err(|e| LoginError::Account(format!("the checking task failed: {e}")))?;
         let now = Instant::now();
         match verdict {
-            Ok(user) => {
+            Ok(account) => {
                 if let Some(f) = self.lock_failures().get_mut(&peer) {
                     f.count = 0;
                 }
                 let token = self.token().map_err(LoginError::Account)?;
                 let session = Session {
-                    user,
+                    user: account.user.clone(),
                     csrf: self.token().map_err(LoginError::Account)?,
                     created: now,
                     last_used: now,
+                    account,
                 };
                 let mut sessions = self.lock_sessions();
                 self.prune(&mut sessions, now);
@@ -144,19 +158,31 @@ impl Auth {
         }
     }
 
-    /// The session for a cookie value, if it is still valid (and marks it used).
-    pub fn session(&self, token: &str) -> Option<Session> {
-        self.session_at(token, Instant::now())
+    /// The session for a cookie value, if it is still valid and the account has not
+    /// changed since its login; `Use::Operator` marks it used.
+    pub fn session(&self, token: &str, how: Use) -> Option<Session> {
+        // A few hundred bytes, read at human request rates: cheaper than being wrong
+        // about a password reset.
+        let account = read_account(&self.admin_file).ok();
+        self.session_at(token, Instant::now(), account.as_ref(), how)
     }
 
-    fn session_at(&self, token: &str, now: Instant) -> Option<Session> {
+    fn session_at(
+        &self,
+        token: &str,
+        now: Instant,
+        account: Option<&AdminFile>,
+        how: Use,
+    ) -> Option<Session> {
         let mut sessions = self.lock_sessions();
         let s = sessions.get_mut(token)?;
-        if self.expired(s, now) {
+        if self.expired(s, now) || account != Some(&s.account) {
             sessions.remove(token);
             return None;
         }
-        s.last_used = now;
+        if how == Use::Operator {
+            s.last_used = now;
+        }
         Some(s.clone())
     }
 
@@ -243,22 +269,26 @@ impl Drop for InFlight<'_> {
     }
 }
 
-/// Checks a login against the account file; returns the user name on success.
-fn check(path: &std::path::Path, user: &str, password: &str) -> Result<String, LoginError> {
+fn read_account(path: &std::path::Path) -> Result<AdminFile, LoginError> {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LoginError::NoAccount),
         Err(e) => return Err(LoginError::Account(format!("{}: {e}", path.display()))),
     };
-    let account: AdminFile = toml::from_str(&text)
-        .map_err(|e| LoginError::Account(format!("{}: {}", path.display(), e.message())))?;
+    toml::from_str(&text)
+        .map_err(|e| LoginError::Account(format!("{}: {}", path.display(), e.message())))
+}
+
+/// Checks a login against the account file; returns the account on success.
+fn check(path: &std::path::Path, user: &str, password: &str) -> Result<AdminFile, LoginError> {
+    let account = read_account(path)?;
     // the hash is checked even for a wrong user name, so that the answer's timing does
     // not tell which of the two was wrong
     let password_ok = argon2::Argon2::default()
         .verify_password(password.as_bytes(), account.password_hash.as_str())
         .is_ok();
     if password_ok && same(user.as_bytes(), account.user.as_bytes()) {
-        Ok(account.user)
+        Ok(account)
     } else {
         Err(LoginError::Wrong)
     }
@@ -309,9 +339,9 @@ mod tests {
         let (token, session) = auth.login("admin", "correct horse", PEER).await.unwrap();
         assert_eq!(token.len(), 64);
         assert_ne!(token, session.csrf);
-        assert_eq!(auth.session(&token).unwrap().user, "admin");
+        assert_eq!(auth.session(&token, Use::Operator).unwrap().user, "admin");
         auth.logout(&token);
-        assert!(auth.session(&token).is_none());
+        assert!(auth.session(&token, Use::Operator).is_none());
         std::fs::remove_file(path).unwrap();
     }
 
@@ -323,27 +353,97 @@ mod tests {
             Duration::from_secs(60),
             Duration::from_secs(150),
         );
+        let acct = read_account(&path).unwrap();
         let (token, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
         let t0 = Instant::now();
         // used every 50 s: the idle limit never hits, the lifetime does
         assert!(
-            auth.session_at(&token, t0 + Duration::from_secs(50))
-                .is_some()
+            auth.session_at(
+                &token,
+                t0 + Duration::from_secs(50),
+                Some(&acct),
+                Use::Operator
+            )
+            .is_some()
         );
         assert!(
-            auth.session_at(&token, t0 + Duration::from_secs(100))
-                .is_some()
+            auth.session_at(
+                &token,
+                t0 + Duration::from_secs(100),
+                Some(&acct),
+                Use::Operator
+            )
+            .is_some()
         );
         assert!(
-            auth.session_at(&token, t0 + Duration::from_secs(151))
-                .is_none()
+            auth.session_at(
+                &token,
+                t0 + Duration::from_secs(151),
+                Some(&acct),
+                Use::Operator
+            )
+            .is_none()
         );
         let (token, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
         assert!(
-            auth.session_at(&token, Instant::now() + Duration::from_secs(61))
+            auth.session_at(
+                &token,
+                Instant::now() + Duration::from_secs(61),
+                Some(&acct),
+                Use::Operator
+            )
+            .is_none()
+        );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn status_polling_does_not_keep_a_session_alive() {
+        let path = account("poll", "correct horse");
+        let acct = read_account(&path).unwrap();
+        let auth = Auth::new(
+            path.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        );
+        let (token, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
+        let t0 = Instant::now();
+        for s in [20, 40, 59] {
+            let at = t0 + Duration::from_secs(s);
+            assert!(
+                auth.session_at(&token, at, Some(&acct), Use::Poll)
+                    .is_some()
+            );
+        }
+        let at = t0 + Duration::from_secs(61);
+        assert!(
+            auth.session_at(&token, at, Some(&acct), Use::Poll)
                 .is_none()
         );
         std::fs::remove_file(path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_password_reset_ends_the_sessions_opened_before_it() {
+        let path = account("reset", "correct horse");
+        let auth = Auth::new(
+            path.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        );
+        let (old, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
+        assert!(auth.session(&old, Use::Operator).is_some());
+        // what the console's password reset does: a new hash in the same file
+        let again = account("reset", "battery staple");
+        assert_eq!(again, path);
+        assert!(auth.session(&old, Use::Operator).is_none());
+        let (new, _) = auth.login("admin", "battery staple", PEER).await.unwrap();
+        assert!(auth.session(&new, Use::Operator).is_some());
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            auth.session(&new, Use::Operator).is_none(),
+            "no account file, no session"
+        );
     }
 
     #[tokio::test]

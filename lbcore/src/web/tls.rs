@@ -29,8 +29,10 @@ pub const KEY_FILE: &str = "key.pem";
 
 /// The server's TLS settings from `dir`, making a self-signed certificate for
 /// `hostname` when there is none. A pair that cannot be used (a half-written pair
-/// after a crash, a key that does not parse) is moved aside with the suffix `.broken`
-/// and replaced, so that the appliance stays reachable; the log says so.
+/// after a crash, a key that does not parse) is moved aside with the suffix
+/// `.broken-<unix time>` (never overwriting an earlier one) and replaced, so that the
+/// appliance stays reachable over HTTPS; the log says so, and the hospital's
+/// certificate can be put back from the file moved aside.
 pub fn load_or_create(dir: &Path, hostname: &str) -> Result<Arc<ServerConfig>, TlsError> {
     let cert = dir.join(CERT_FILE);
     let key = dir.join(KEY_FILE);
@@ -38,10 +40,15 @@ pub fn load_or_create(dir: &Path, hostname: &str) -> Result<Arc<ServerConfig>, T
         match load(&cert, &key) {
             Ok(c) => return Ok(c),
             Err(e) => {
-                warn!("{e}: the pair is moved aside and a new self-signed certificate made");
+                let stamp = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs());
+                warn!(
+                    "{e}: the pair is moved aside (suffix .broken-{stamp}) and a new self-signed certificate made"
+                );
                 for p in [&cert, &key] {
                     let mut aside = p.clone().into_os_string();
-                    aside.push(".broken");
+                    aside.push(format!(".broken-{stamp}"));
                     let _ = std::fs::rename(p, aside);
                 }
             }
@@ -141,8 +148,14 @@ mod tests {
         load_or_create(&dir, "lb1.example").unwrap();
         std::fs::write(dir.join(KEY_FILE), "not a key").unwrap();
         load_or_create(&dir, "lb1.example").unwrap();
+        let aside: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .filter(|n| n.starts_with("key.pem.broken-"))
+            .collect();
+        assert_eq!(aside.len(), 1, "{aside:?}");
         assert_eq!(
-            std::fs::read_to_string(dir.join("key.pem.broken")).unwrap(),
+            std::fs::read_to_string(dir.join(&aside[0])).unwrap(),
             "not a key"
         );
         assert!(load(&dir.join(CERT_FILE), &dir.join(KEY_FILE)).is_ok());
