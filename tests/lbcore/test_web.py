@@ -314,3 +314,25 @@ def test_a_console_password_reset_ends_open_sessions(lbcore, web, servers):
     assert status == 401 and "log in again" in body["error"]
     assert w.login()[0] == 401
     assert w.login("another password")[0] == 200
+
+
+def test_an_edit_based_on_an_old_version_is_refused(lbcore, web, servers):
+    lb = lbcore(config())
+    w = web(lb)
+    w.login()
+    _, _, loaded = w.request("GET", "/api/config")
+    first = loaded["version"]
+    # another administrator changes the weight in the meantime
+    status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=30), "version": first})
+    assert status == 200, body
+    theirs = body["version"]
+    assert theirs != first
+    # this one still edits the text they loaded before: refused, theirs stays
+    status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=60), "version": first})
+    assert status == 409 and "changed by someone else" in body["error"], body
+    assert lb.config.read_text() == config(weight2=30) and lb.server("APP", "RS2")["weight"] == 30
+    # loaded again, the edit goes through
+    _, _, loaded = w.request("GET", "/api/config")
+    assert loaded["version"] == theirs and loaded["text"] == config(weight2=30)
+    status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=60), "version": theirs})
+    assert status == 200 and lb.server("APP", "RS2")["weight"] == 60

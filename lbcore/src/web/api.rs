@@ -25,7 +25,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::auth::{self, Auth, LoginError, Session, Use};
 use crate::control;
@@ -105,10 +105,31 @@ struct LoginBody {
     password: String,
 }
 
+/// The configuration as GET sends it and PUT takes it. `version` identifies the text
+/// (a SHA-256 of it): a PUT that sends the version it started from is refused with 409
+/// when someone else changed the configuration meanwhile, instead of silently undoing
+/// their change. A PUT without it replaces whatever is there.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigBody {
     text: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    version: Option<String>,
+}
+
+fn version_of(text: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, text.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[derive(Serialize)]
+struct AppliedBody {
+    message: String,
+    /// The version of the configuration now in place.
+    version: String,
 }
 
 #[derive(Deserialize)]
@@ -121,11 +142,18 @@ pub struct Api {
     auth: Auth,
     /// lbcore's control socket.
     control: PathBuf,
+    /// Held from the version check of a PUT to its end, so that two edits cannot both
+    /// pass the check.
+    editing: tokio::sync::Mutex<()>,
 }
 
 impl Api {
     pub fn new(auth: Auth, control: PathBuf) -> Api {
-        Api { auth, control }
+        Api {
+            auth,
+            control,
+            editing: tokio::sync::Mutex::new(()),
+        }
     }
 
     pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Reply {
@@ -207,11 +235,12 @@ impl Api {
             }
             ["api", "config"] if req.method() == Method::GET => {
                 self.session(&req, Use::Operator)?;
-                let answer = self.ask(control::Request::ShowConfig).await?;
+                let text = self.config_text().await?;
                 Ok(json(
                     StatusCode::OK,
                     &ConfigBody {
-                        text: answer.config.unwrap_or_default(),
+                        version: Some(version_of(&text)),
+                        text,
                     },
                 ))
             }
@@ -219,14 +248,25 @@ impl Api {
                 allow(&req, &[Method::PUT], "GET, PUT")?;
                 let (_, s) = self.change(&req)?;
                 let body: ConfigBody = read_json(req, MAX_CONFIG_BODY).await?;
+                let _editing = self.editing.lock().await;
+                if let Some(started_from) = &body.version {
+                    if *started_from != version_of(&self.config_text().await?) {
+                        return Err(Failure::new(
+                            StatusCode::CONFLICT,
+                            "the configuration was changed by someone else since you loaded it: load it again and redo your change",
+                        ));
+                    }
+                }
+                let version = version_of(&body.text);
                 let answer = self
                     .ask(control::Request::Apply { config: body.text })
                     .await?;
                 info!(user = %s.user, %peer, "configuration applied: {}", answer.message.as_deref().unwrap_or(""));
                 Ok(json(
                     StatusCode::OK,
-                    &MessageBody {
+                    &AppliedBody {
                         message: answer.message.unwrap_or_default(),
+                        version,
                     },
                 ))
             }
@@ -281,7 +321,10 @@ impl Api {
                     }
                     LoginError::Locked(_) => StatusCode::TOO_MANY_REQUESTS,
                     LoginError::NoAccount => StatusCode::SERVICE_UNAVAILABLE,
-                    LoginError::Account(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    LoginError::Account(ref detail) => {
+                        error!(%peer, "login impossible: {detail}");
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    }
                 };
                 let mut f = Failure::new(status, e.to_string());
                 if let LoginError::Locked(secs) = e {
@@ -290,6 +333,11 @@ impl Api {
                 Err(f)
             }
         }
+    }
+
+    async fn config_text(&self) -> Result<String, Failure> {
+        let answer = self.ask(control::Request::ShowConfig).await?;
+        Ok(answer.config.unwrap_or_default())
     }
 
     /// The caller's session (cookie value and session), or 401.

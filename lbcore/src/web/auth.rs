@@ -63,7 +63,9 @@ pub enum LoginError {
     Locked(u64),
     #[error("no admin password is set yet: finish the setup wizard on the appliance's console")]
     NoAccount,
-    #[error("cannot read the admin account: {0}")]
+    /// The account file is unreadable or damaged; the detail (with its path) goes to
+    /// the log, the client only learns where to look.
+    #[error("the admin account cannot be read: see the appliance's log")]
     Account(String),
 }
 
@@ -282,10 +284,18 @@ fn read_account(path: &std::path::Path) -> Result<AdminFile, LoginError> {
 /// Checks a login against the account file; returns the account on success.
 fn check(path: &std::path::Path, user: &str, password: &str) -> Result<AdminFile, LoginError> {
     let account = read_account(path)?;
+    // A damaged hash is the file's fault, not the operator's: saying "wrong password"
+    // would send them guessing into the lockout.
+    let hash = argon2::PasswordHash::new(&account.password_hash).map_err(|e| {
+        LoginError::Account(format!(
+            "{}: password_hash is not an argon2 hash ({e}); set the password again on the console",
+            path.display()
+        ))
+    })?;
     // the hash is checked even for a wrong user name, so that the answer's timing does
     // not tell which of the two was wrong
     let password_ok = argon2::Argon2::default()
-        .verify_password(password.as_bytes(), account.password_hash.as_str())
+        .verify_password(password.as_bytes(), &hash)
         .is_ok();
     if password_ok && same(user.as_bytes(), account.user.as_bytes()) {
         Ok(account)
@@ -394,6 +404,26 @@ mod tests {
             )
             .is_none()
         );
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_damaged_hash_is_not_reported_as_a_wrong_password() {
+        let path = account("damaged", "correct horse");
+        std::fs::write(&path, "user = \"admin\"\npassword_hash = \"$argon2id$garbage\"\n").unwrap();
+        let auth = Auth::new(
+            path.clone(),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        );
+        for _ in 0..MAX_FAILURES + 1 {
+            match auth.login("admin", "correct horse", PEER).await {
+                Err(LoginError::Account(detail)) => {
+                    assert!(detail.contains("not an argon2 hash"), "{detail}")
+                }
+                other => panic!("expected an account error, got {other:?}"),
+            }
+        }
         std::fs::remove_file(path).unwrap();
     }
 
