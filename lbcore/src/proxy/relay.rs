@@ -340,6 +340,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_slow_reader_gets_bulk_data_intact() {
+        // The server reads in small bites with pauses, so the relay's writes block with
+        // data in its pipe while more keeps arriving from the client.
+        let (mut client, mut server, task) = proxied().await;
+        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 + i / 509) as u8).collect();
+        let expected = data.clone();
+        let writer = tokio::spawn(async move {
+            client.write_all(&data).await.unwrap();
+            client.shutdown().await.unwrap();
+            client
+        });
+        let mut got = Vec::new();
+        let mut bite = vec![0u8; 7_000];
+        for reads in 1.. {
+            let n = server.read(&mut bite).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&bite[..n]);
+            if reads % 25 == 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            }
+        }
+        assert!(got == expected, "payload changed in transit");
+        drop(server);
+        drop(writer.await.unwrap());
+        assert_eq!(task.await.unwrap().unwrap().client_to_server, 3_000_000);
+    }
+
+    #[tokio::test]
     async fn server_half_close_reaches_client() {
         let (mut client, mut server, task) = proxied().await;
         server.write_all(b"banner").await.unwrap();
