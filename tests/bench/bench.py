@@ -54,7 +54,9 @@ BIN = Path(os.environ.get("LB_BIN_DIR", REPO / "target" / "release"))
 SUBNET = "10.78.0"
 LB_IP, CLIENT_IP, SERVER_IP = f"{SUBNET}.2", f"{SUBNET}.10", f"{SUBNET}.11"
 # Ports of the servers; HAProxy listens on port+10000, lbcore on port+20000.
-PORTS = {"bulk": 5001, "rate": 5002, "mllp": 2575, "dicom": 11112}
+# "dicom": storescp receives and discards; "dicomstore": it writes every image to a file
+# (in memory, /dev/shm), as a PACS stores what it receives.
+PORTS = {"bulk": 5001, "rate": 5002, "mllp": 2575, "dicom": 11112, "dicomstore": 11113}
 PATHS = ("direct", "haproxy", "lbcore")
 # "lbcore-b": a second lbcore with other options (--compare-lbcore), for tuning.
 OFFSET = {"direct": 0, "haproxy": 10000, "lbcore": 20000, "lbcore-b": 30000}
@@ -165,6 +167,7 @@ class Bench:
         else:
             self.cpus = {"peers": cores, "proxy": cores}
         self.tmp = Path(tempfile.mkdtemp(prefix="lbbench-"))
+        self.stored = Path(tempfile.mkdtemp(prefix="lbbench-stored-", dir="/dev/shm"))
         self.lab = Lab("lbb", subnet=SUBNET)
         self.lb = self.lab.add_host("lb", 2)
         self.client = self.lab.add_host("client", 10)
@@ -200,6 +203,8 @@ class Bench:
                  "--rate", f"{SERVER_IP}:{PORTS['rate']}", "--mllp", f"{SERVER_IP}:{PORTS['mllp']}"]))
         s.spawn(self.pinned("peers", ["env", "TCP_NODELAY=1", "storescp", "--aetitle", DICOM_AE, "--ignore",
                                       str(PORTS["dicom"])]))
+        s.spawn(self.pinned("peers", ["env", "TCP_NODELAY=1", "storescp", "--aetitle", DICOM_AE,
+                                      "-od", str(self.stored), str(PORTS["dicomstore"])]))
         for port in PORTS.values():
             wait_listening(s, port)
         self.proxy_pid["haproxy"] = self.start_haproxy(
@@ -272,8 +277,8 @@ class Bench:
         key = "hl7" if conns > 1 else "hl7one"
         return {key: r["msg_per_s"], f"{key}_p50": r["p50_ms"], f"{key}_p99": r["p99_ms"]}
 
-    def dicom(self, path):
-        host, port = target(path, "dicom").split(":")
+    def dicom(self, path, workload="dicom"):
+        host, port = target(path, workload).split(":")
         t0 = time.monotonic()
         for _ in range(self.args.dicom_repeat):
             r = self.client.run(self.pinned("peers", ["env", "TCP_NODELAY=1", "storescu", "-aet", "BENCH-SCU", "-aec", DICOM_AE,
@@ -281,7 +286,13 @@ class Bench:
             if r.returncode != 0:
                 raise RuntimeError(f"storescu via {path} failed: {r.stdout}{r.stderr}")
         elapsed = time.monotonic() - t0
-        return {"dicom": self.args.images * self.args.dicom_repeat / elapsed}
+        if workload == "dicomstore":
+            stored = list(self.stored.iterdir())
+            if len(stored) != self.args.images:
+                raise RuntimeError(f"storescp stored {len(stored)} of {self.args.images} images via {path}")
+            for f in stored:
+                f.unlink()
+        return {workload: self.args.images * self.args.dicom_repeat / elapsed}
 
     def make_study(self):
         self.study = self.tmp / "study"
@@ -297,6 +308,7 @@ class Bench:
             ("hl7", lambda p: self.mllp(p, 16)),
             ("hl7one", lambda p: self.mllp(p, 1)),
             ("dicom", self.dicom),
+            ("dicomstore", lambda p: self.dicom(p, "dicomstore")),
         ]
         if self.args.only:
             workloads = [w for w in workloads if w[0] in self.args.only.split(",")]
@@ -341,6 +353,7 @@ class Bench:
     def close(self):
         self.lab.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
+        shutil.rmtree(self.stored, ignore_errors=True)
 
 
 def listening(host, port):
@@ -368,6 +381,7 @@ ROWS = [
     ("hl7one_p50", "  round trip p50", "ms", False, "{:.3f}"),
     ("hl7one_p99", "  round trip p99", "ms", False, "{:.3f}"),
     ("dicom", "DICOM C-STORE, 200 images", "images/s", True, "{:.1f}"),
+    ("dicomstore", "DICOM C-STORE, 200 images stored", "images/s", True, "{:.1f}"),
 ]
 
 
@@ -416,7 +430,8 @@ def table(bench):
 
 def cpu_table(bench):
     names = {"bulk1": "Bulk, 1 stream", "bulk8": "Bulk, 8 streams", "rate": "Connection rate",
-             "hl7": "HL7 MLLP, 16 connections", "hl7one": "HL7 MLLP, 1 connection", "dicom": "DICOM C-STORE"}
+             "hl7": "HL7 MLLP, 16 connections", "hl7one": "HL7 MLLP, 1 connection", "dicom": "DICOM C-STORE",
+             "dicomstore": "DICOM C-STORE, stored"}
     proxies = [p for p in bench.paths if p != "direct"]
     # lbcore's idle-priority spinners (--busy-poll-us), where they ran at all
     spinning = [p for p in proxies if any(any(v) for (_, q), v in bench.spin.items() if q == p)]
@@ -524,7 +539,10 @@ CPU used by the proxy process during each measurement (median; 100% = one core):
   measures the round trip a proxy adds rather than its capacity.
 - DICOM: `storescu +sd` ({args.dicom_repeat} runs per measurement) sends {args.images} Secondary Capture images of 512×512 pixels
   (≈256 KiB each, written by `tests/peers/dicom_files.py`) over one association to
-  `storescp --ignore`; images/s = images / wall time of storescu. Both dcmtk peers run
+  `storescp --ignore`; images/s = images / wall time of storescu. "stored" sends them
+  to a second `storescp` that writes each image to a file, as a PACS does (into
+  `/dev/shm`, so that no disk's speed enters; the bench checks that all {args.images} arrived
+  and deletes them after each measurement). Both dcmtk peers run
   with `TCP_NODELAY=1` (Debian's dcmtk leaves Nagle on, and then every image waits
   on delayed ACKs: ~16 images/s on every path, which measures timers, not the path).
 - Memory: a fresh proxy of each kind, {bench.mem_target:,} idle connections opened through it (one
@@ -570,7 +588,7 @@ def main():
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--dicom-repeat", type=int, default=2, help="storescu runs (of the whole study) per measurement")
     ap.add_argument("--idle", type=int, default=10000)
-    ap.add_argument("--only", default="", help="comma-separated: bulk1,bulk8,rate,hl7,hl7one,dicom,memory (debugging)")
+    ap.add_argument("--only", default="", help="comma-separated: bulk1,bulk8,rate,hl7,hl7one,dicom,dicomstore,memory (debugging)")
     ap.add_argument("--placement", choices=("dedicated", "shared"), default="dedicated",
                     help="dedicated: proxies on the upper half of the cores, peers on the lower half; "
                          "shared: nothing pinned")
