@@ -344,7 +344,9 @@ mod tests {
         // The server reads in small bites with pauses, so the relay's writes block with
         // data in its pipe while more keeps arriving from the client.
         let (mut client, mut server, task) = proxied().await;
-        let data: Vec<u8> = (0..3_000_000u32).map(|i| (i * 13 + i / 509) as u8).collect();
+        let data: Vec<u8> = (0..3_000_000u32)
+            .map(|i| (i * 13 + i / 509) as u8)
+            .collect();
         let expected = data.clone();
         let writer = tokio::spawn(async move {
             client.write_all(&data).await.unwrap();

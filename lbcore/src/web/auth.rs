@@ -410,7 +410,11 @@ mod tests {
     #[tokio::test]
     async fn a_damaged_hash_is_not_reported_as_a_wrong_password() {
         let path = account("damaged", "correct horse");
-        std::fs::write(&path, "user = \"admin\"\npassword_hash = \"$argon2id$garbage\"\n").unwrap();
+        std::fs::write(
+            &path,
+            "user = \"admin\"\npassword_hash = \"$argon2id$garbage\"\n",
+        )
+        .unwrap();
         let auth = Auth::new(
             path.clone(),
             Duration::from_secs(60),
