@@ -31,7 +31,9 @@ use super::auth::{self, Auth, LoginError, Session, Use};
 use crate::control;
 use crate::server::AdminState;
 
-pub const SESSION_COOKIE: &str = "medlb_session";
+/// `__Host-`: browsers accept the cookie only from this host, over HTTPS, for the whole
+/// site, so a neighbouring host name cannot plant or shadow a session.
+pub const SESSION_COOKIE: &str = "__Host-medlb_session";
 pub const CSRF_HEADER: &str = "x-csrf-token";
 /// The largest configuration body accepted (well inside lbcore's request limit).
 const MAX_CONFIG_BODY: usize = 256 << 10;
@@ -208,7 +210,7 @@ impl Api {
                 r.headers_mut().insert(
                     header::SET_COOKIE,
                     HeaderValue::from_static(
-                        "medlb_session=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict",
+                        "__Host-medlb_session=; Path=/; Max-Age=0; Secure; HttpOnly; SameSite=Strict",
                     ),
                 );
                 Ok(r)
@@ -492,8 +494,12 @@ fn percent_decode(segment: &str) -> Option<String> {
     let mut i = 0;
     while i < bytes.len() {
         if bytes[i] == b'%' {
-            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
-            out.push(u8::from_str_radix(hex, 16).ok()?);
+            let hex = bytes.get(i + 1..i + 3)?;
+            // from_str_radix alone would take a sign ("%+f")
+            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                return None;
+            }
+            out.push(u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok()?);
             i += 3;
         } else {
             out.push(bytes[i]);
@@ -512,7 +518,7 @@ mod tests {
         let mut h = HeaderMap::new();
         h.append(
             header::COOKIE,
-            HeaderValue::from_static("a=1; medlb_session=abc"),
+            HeaderValue::from_static("a=1; medlb_session=old; __Host-medlb_session=abc"),
         );
         assert_eq!(cookie(&h, SESSION_COOKIE).as_deref(), Some("abc"));
         assert_eq!(cookie(&h, "b"), None);
@@ -525,5 +531,7 @@ mod tests {
         assert_eq!(percent_decode("bad%4"), None);
         assert_eq!(percent_decode("bad%zz"), None);
         assert_eq!(percent_decode("%ff"), None);
+        assert_eq!(percent_decode("%+f"), None);
+        assert_eq!(percent_decode("%-1"), None);
     }
 }
