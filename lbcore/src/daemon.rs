@@ -183,7 +183,8 @@ impl Daemon {
                     config: Some(text),
                     ..Response::default()
                 },
-                Err(e) => Response::error(e),
+                // Reading the file failed: lbcore's trouble, not a wrong request.
+                Err(e) => Response::refused(Refused::new(Refusal::Failed, e)),
             },
             Request::SetState {
                 service,

@@ -330,14 +330,24 @@ mod tests {
 
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 0, 0, 9));
 
+    /// The appliance's defaults scaled down: 60 s idle, 600 s lifetime.
+    fn auth_for(path: &std::path::Path) -> Auth {
+        Auth::new(
+            path.to_path_buf(),
+            Duration::from_secs(60),
+            Duration::from_secs(600),
+        )
+    }
+
+    /// Whether the session is still valid at `at` (and marks it used if `how` says so).
+    fn valid_at(auth: &Auth, token: &str, at: Instant, acct: &AdminFile, how: Use) -> bool {
+        auth.session_at(token, at, Some(acct), how).is_some()
+    }
+
     #[tokio::test]
     async fn login_checks_user_and_password() {
         let path = account("login", "correct horse");
-        let auth = Auth::new(
-            path.clone(),
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-        );
+        let auth = auth_for(&path);
         assert_eq!(
             auth.login("admin", "wrong horse", PEER).await.unwrap_err(),
             LoginError::Wrong
@@ -367,43 +377,22 @@ mod tests {
         let (token, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
         let t0 = Instant::now();
         // used every 50 s: the idle limit never hits, the lifetime does
-        assert!(
-            auth.session_at(
-                &token,
-                t0 + Duration::from_secs(50),
-                Some(&acct),
-                Use::Operator
-            )
-            .is_some()
-        );
-        assert!(
-            auth.session_at(
-                &token,
-                t0 + Duration::from_secs(100),
-                Some(&acct),
-                Use::Operator
-            )
-            .is_some()
-        );
-        assert!(
-            auth.session_at(
-                &token,
-                t0 + Duration::from_secs(151),
-                Some(&acct),
-                Use::Operator
-            )
-            .is_none()
-        );
+        for (secs, valid) in [(50, true), (100, true), (151, false)] {
+            let at = t0 + Duration::from_secs(secs);
+            assert_eq!(
+                valid_at(&auth, &token, at, &acct, Use::Operator),
+                valid,
+                "at {secs} s"
+            );
+        }
         let (token, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
-        assert!(
-            auth.session_at(
-                &token,
-                Instant::now() + Duration::from_secs(61),
-                Some(&acct),
-                Use::Operator
-            )
-            .is_none()
-        );
+        assert!(!valid_at(
+            &auth,
+            &token,
+            Instant::now() + Duration::from_secs(61),
+            &acct,
+            Use::Operator
+        ));
         std::fs::remove_file(path).unwrap();
     }
 
@@ -415,11 +404,7 @@ mod tests {
             "user = \"admin\"\npassword_hash = \"$argon2id$garbage\"\n",
         )
         .unwrap();
-        let auth = Auth::new(
-            path.clone(),
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-        );
+        let auth = auth_for(&path);
         for _ in 0..MAX_FAILURES + 1 {
             match auth.login("admin", "correct horse", PEER).await {
                 Err(LoginError::Account(detail)) => {
@@ -435,36 +420,22 @@ mod tests {
     async fn status_polling_does_not_keep_a_session_alive() {
         let path = account("poll", "correct horse");
         let acct = read_account(&path).unwrap();
-        let auth = Auth::new(
-            path.clone(),
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-        );
+        let auth = auth_for(&path);
         let (token, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
         let t0 = Instant::now();
         for s in [20, 40, 59] {
             let at = t0 + Duration::from_secs(s);
-            assert!(
-                auth.session_at(&token, at, Some(&acct), Use::Poll)
-                    .is_some()
-            );
+            assert!(valid_at(&auth, &token, at, &acct, Use::Poll));
         }
         let at = t0 + Duration::from_secs(61);
-        assert!(
-            auth.session_at(&token, at, Some(&acct), Use::Poll)
-                .is_none()
-        );
+        assert!(!valid_at(&auth, &token, at, &acct, Use::Poll));
         std::fs::remove_file(path).unwrap();
     }
 
     #[tokio::test]
     async fn a_password_reset_ends_the_sessions_opened_before_it() {
         let path = account("reset", "correct horse");
-        let auth = Auth::new(
-            path.clone(),
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-        );
+        let auth = auth_for(&path);
         let (old, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
         assert!(auth.session(&old, Use::Operator).is_some());
         // what the console's password reset does: a new hash in the same file
@@ -483,11 +454,7 @@ mod tests {
     #[tokio::test]
     async fn guessing_locks_the_address_out() {
         let path = account("lockout", "correct horse");
-        let auth = Auth::new(
-            path.clone(),
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-        );
+        let auth = auth_for(&path);
         for _ in 0..MAX_FAILURES {
             assert_eq!(
                 auth.login("admin", "guess", PEER).await.unwrap_err(),
@@ -506,11 +473,7 @@ mod tests {
     #[tokio::test]
     async fn parallel_guesses_from_one_address_are_checked_one_at_a_time() {
         let path = account("parallel", "correct horse");
-        let auth = std::sync::Arc::new(Auth::new(
-            path.clone(),
-            Duration::from_secs(60),
-            Duration::from_secs(600),
-        ));
+        let auth = std::sync::Arc::new(auth_for(&path));
         let tries: Vec<_> = (0..20)
             .map(|_| {
                 let auth = auth.clone();
