@@ -506,7 +506,7 @@ samples below), so a ratio of medians would compare different moments.
 
 CPU used by the proxy process during each measurement (median; 100% = one core):
 
-{cmd_cpu(bench)}
+{cpu_table(bench)}
 
 ## Setup
 
@@ -575,10 +575,6 @@ def placement_text(bench):
     return """- CPU placement (`--placement shared`): nothing is pinned. The client, server and
   proxy share the machine's cores; a proxy's CPU cost is taken from the peers and shows in
   the ratios against direct; the CPU table shows each proxy's own cost."""
-
-
-def cmd_cpu(bench):
-    return cpu_table(bench)
 
 
 def main():
