@@ -385,14 +385,28 @@ ROWS = [
 ]
 
 
-def paired_ratio(bench, key, path, other, higher):
-    """Median over rounds of path's advantage over `other` in the same round: both ran
-    seconds apart, so drift in the machine's speed (other tenants, clocks) cancels."""
+def paired_ratios(bench, key, path, other, higher):
+    """Per-round advantages of `path` over `other`: both ran seconds apart in each round,
+    so drift in the machine's speed (other tenants, clocks) cancels within a pair."""
     a, b = bench.samples.get((key, path)), bench.samples.get((key, other))
     if not a or not b or len(a) != len(b):
+        return []
+    return [(x / y) if higher else (y / x) for x, y in zip(a, b) if x and y]
+
+
+def spread(ratios):
+    """(median, lower quartile, upper quartile) of per-round ratios."""
+    if len(ratios) < 2:
+        return (ratios[0],) * 3
+    q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+    return statistics.median(ratios), q1, q3
+
+
+def ratio_cell(ratios):
+    if not ratios:
         return "–"
-    ratios = [(x / y) if higher else (y / x) for x, y in zip(a, b) if x and y]
-    return f"{statistics.median(ratios):.2f}" if ratios else "–"
+    m, q1, q3 = spread(ratios)
+    return f"{m:.2f} ({q1:.2f}–{q3:.2f})"
 
 
 def ratio(a, b, higher):
@@ -415,7 +429,7 @@ def table(bench):
         if all(v is None for v in vals):
             continue
         cells = [fmt.format(v) if v is not None else "–" for v in vals]
-        ratios = [paired_ratio(bench, key, a, b, higher) for a, b in pairs]
+        ratios = [ratio_cell(paired_ratios(bench, key, a, b, higher)) for a, b in pairs]
         lines.append(f"| {label} | {unit} | {' | '.join(cells)} | {' | '.join(ratios)} |")
     if getattr(bench, "mem", None) and len(bench.mem) == 2:
         h, lb = bench.mem.get("haproxy"), bench.mem.get("lbcore")
@@ -425,6 +439,45 @@ def table(bench):
                      f"{ratio(lb['established'], h['established'], True)} | – |")
         lines.append(f"| Peak RSS (VmHWM) at those connections | MB | – | {h['hwm_kb'] / 1024:.1f} | {lb['hwm_kb'] / 1024:.1f} |{pad} "
                      f"{ratio(lb['hwm_kb'], h['hwm_kb'], False)} | – |")
+    return "\n".join(lines)
+
+
+def verdict(ratios, goal):
+    """Whether per-round ratios reach `goal`: by the median, and whether the middle half
+    of the rounds agrees (a median that passes with rounds on both sides is a tie)."""
+    m, q1, q3 = spread(ratios)
+    if q1 >= goal:
+        return "met"
+    if m >= goal:
+        return "met by the median; some rounds below"
+    if q3 >= goal:
+        return "not met by the median; some rounds above"
+    return "not met"
+
+
+def targets_text(bench):
+    """The issue's targets, checked against this run's numbers."""
+    label = {key: name.strip() for key, name, *_ in ROWS}
+    higher = {key: h for key, _, _, h, _ in ROWS}
+    lines = ["| Target | This run | Verdict |", "|---|---|---|"]
+
+    def row(goal_text, goal, key, vs):
+        rs = paired_ratios(bench, key, "lbcore", vs, higher[key])
+        if rs:
+            name = label[key] if not key.endswith(("_p50", "_p99")) else f"{label[key.rsplit('_', 1)[0]]}, {label[key]}"
+            lines.append(f"| {goal_text}: {name} | {ratio_cell(rs)} | {verdict(rs, goal)} |")
+
+    for key, *_ in ROWS:
+        row("lbcore ≥ HAProxy", 1.0, key, "haproxy")
+    for key in ("bulk1", "bulk8"):
+        row("Bulk ≥ 0.70 of direct", 0.70, key, "direct")
+    for key in ("dicom", "dicomstore"):
+        row("DICOM ≥ 0.95 of direct", 0.95, key, "direct")
+    mem = getattr(bench, "mem", None) or {}
+    if "lbcore" in mem:
+        mb = mem["lbcore"]["hwm_kb"] / 1024
+        lines.append(f"| lbcore peak RSS < 64 MB at 10,000 idle connections | {mb:.1f} MB at "
+                     f"{mem['lbcore']['established']:,} | {'met' if mb < 64 else 'not met'} |")
     return "\n".join(lines)
 
 
@@ -500,13 +553,22 @@ measurement). Ratios are lbcore's advantage: for throughput lbcore / other, for 
 and memory other / lbcore, so 1.00 or more means lbcore is as good or better. Each ratio
 is the median of the per-round ratios: the paths of one round ran seconds apart, while
 this machine's speed drifts by up to 2x over minutes (it is a VM with neighbours; see the
-samples below), so a ratio of medians would compare different moments.
+samples below), so a ratio of medians would compare different moments. In brackets: the lower and upper
+quartile of the per-round ratios, the spread a reader should allow before calling a
+difference real.
 
 {table(bench)}
 
 CPU used by the proxy process during each measurement (median; 100% = one core):
 
 {cpu_table(bench)}
+
+## Targets
+
+The targets of the benchmark's issue, checked against the ratios above (median and
+quartiles of the per-round ratios):
+
+{targets_text(bench)}
 
 ## Setup
 
@@ -528,7 +590,7 @@ CPU used by the proxy process during each measurement (median; 100% = one core):
   HAProxy's `busy-polling`).
 {placement_text(bench)}
 - Sysctls in every namespace: `tcp_tw_reuse=1`, `ip_local_port_range=1024 65535`
-  (listening ports 10000-32767 reserved), `somaxconn=4096`.
+  (the proxies' listening ports, 10000-42000, reserved), `somaxconn=4096`.
 - Bulk: N connections write 256 KiB buffers for {args.secs:g} s, half-close, and the server
   answers with the bytes it received; Gbit/s = bytes received / wall time.
 - Connection rate: 64 concurrent clients, each a loop of connect, 64-byte request,
@@ -613,6 +675,8 @@ def main():
     print(table(bench))
     print()
     print(cpu_table(bench))
+    print()
+    print(targets_text(bench))
     # Only a whole run of the standard three paths may replace the published results.
     if args.only or "lbcore-b" in bench.paths:
         if not args.no_doc:
