@@ -553,9 +553,9 @@ measurement). Ratios are lbcore's advantage: for throughput lbcore / other, for 
 and memory other / lbcore, so 1.00 or more means lbcore is as good or better. Each ratio
 is the median of the per-round ratios: the paths of one round ran seconds apart, while
 this machine's speed drifts by up to 2x over minutes (it is a VM with neighbours; see the
-samples below), so a ratio of medians would compare different moments. In brackets: the lower and upper
-quartile of the per-round ratios, the spread a reader should allow before calling a
-difference real.
+samples below), so a ratio of medians would compare different moments. In brackets:
+the lower and upper quartile of the per-round ratios, the spread a reader should allow
+before calling a difference real.
 
 {table(bench)}
 

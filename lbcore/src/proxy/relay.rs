@@ -7,9 +7,9 @@
 //! socket into a pipe and from the pipe into the other socket inside the kernel, so the
 //! payload is never copied through user space. It stays with splice through a few small
 //! transfers (the end of one image and the command that opens the next), so a study's
-//! images do not each start with a copy through user space. Pipes come from a shared pool and go
-//! back to it as soon as they are empty, so an idle connection holds only its two
-//! sockets (10,000 idle HL7 links cost almost nothing, in memory or descriptors).
+//! images do not each start with a copy through user space. Pipes come from a shared
+//! pool and go back to it as soon as they are empty, so an idle connection holds only
+//! its two sockets (10,000 idle HL7 links cost almost nothing, in memory or descriptors).
 //!
 //! Each direction runs until its source says end-of-file, then half-closes the
 //! destination (`shutdown(SHUT_WR)`), so protocols that close one side first keep
