@@ -368,7 +368,7 @@ def wait_listening(host, port, timeout=10):
 # -- the report -----------------------------------------------------------------------
 
 ROWS = [
-    # key, workload label, metric label, higher_is_better, format
+    # key, workload label ({images}: the study's size), metric label, higher_is_better, format
     ("bulk1", "Bulk, 1 stream", "Gbit/s", True, "{:.2f}"),
     ("bulk8", "Bulk, 8 streams", "Gbit/s", True, "{:.2f}"),
     ("rate", "Connection rate, 64 clients", "conn/s", True, "{:.0f}"),
@@ -380,8 +380,8 @@ ROWS = [
     ("hl7one", "HL7 MLLP, 1 connection", "msg/s", True, "{:.0f}"),
     ("hl7one_p50", "  round trip p50", "ms", False, "{:.3f}"),
     ("hl7one_p99", "  round trip p99", "ms", False, "{:.3f}"),
-    ("dicom", "DICOM C-STORE, 200 images", "images/s", True, "{:.1f}"),
-    ("dicomstore", "DICOM C-STORE, 200 images stored", "images/s", True, "{:.1f}"),
+    ("dicom", "DICOM C-STORE, {images} images", "images/s", True, "{:.1f}"),
+    ("dicomstore", "DICOM C-STORE, {images} images stored", "images/s", True, "{:.1f}"),
 ]
 
 
@@ -425,6 +425,7 @@ def table(bench):
     head = ["Workload", "Unit"] + [names[p] for p in paths] + [f"{names[a]} vs {names[b]}" for a, b in pairs]
     lines = ["| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
     for key, label, unit, higher, fmt in ROWS:
+        label = label.format(images=bench.args.images)
         vals = [med.get((key, p)) for p in paths]
         if all(v is None for v in vals):
             continue
@@ -457,7 +458,7 @@ def verdict(ratios, goal):
 
 def targets_text(bench):
     """The issue's targets, checked against this run's numbers."""
-    label = {key: name.strip() for key, name, *_ in ROWS}
+    label = {key: name.strip().format(images=bench.args.images) for key, name, *_ in ROWS}
     higher = {key: h for key, _, _, h, _ in ROWS}
     lines = ["| Target | This run | Verdict |", "|---|---|---|"]
 
@@ -525,7 +526,7 @@ def machine():
     }
 
 
-def write_doc(bench, m, started, duration, load):
+def write_doc(bench, out, m, started, duration, load):
     args = bench.args
     doc = f"""# Benchmarks: lbcore's Layer 7 proxy, HAProxy and a direct connection
 
@@ -619,10 +620,8 @@ Samples (one per round, in round order):
 {samples_text(bench)}
 ```
 """
-    out = REPO / "docs" / "benchmarks.md"
     out.parent.mkdir(exist_ok=True)
     out.write_text(doc)
-    return out
 
 
 def placement_text(bench):
@@ -655,6 +654,8 @@ def main():
     ap.add_argument("--compare-binary", default="", metavar="PATH",
                     help="the second lbcore is this binary (another build; implies --no-doc)")
     ap.add_argument("--no-doc", action="store_true", help="print the table only")
+    ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md",
+                    help="where a whole run writes its report (default: docs/benchmarks.md)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench.py: must run as root (network namespaces)")
@@ -680,10 +681,10 @@ def main():
     # Only a whole run of the standard three paths may replace the published results.
     if args.only or "lbcore-b" in bench.paths:
         if not args.no_doc:
-            log("a partial or A/B run: docs/benchmarks.md is left as it was")
+            log(f"a partial or A/B run: {args.doc} is left as it was")
     elif not args.no_doc:
-        out = write_doc(bench, machine(), started, duration, " ".join(load))
-        log(f"wrote {out}")
+        write_doc(bench, args.doc, machine(), started, duration, " ".join(load))
+        log(f"wrote {args.doc}")
 
 
 if __name__ == "__main__":
