@@ -85,10 +85,11 @@ def test_an_ab_run_adds_the_second_lbcore_and_writes_no_report(tmp_path, publish
     for label, unit, *cells in results:
         assert all(number(v) > 0 for v in cells[:4]), f"{label}: {cells}"
         assert len(cells) == 4 + 3, "lbcore vs HAProxy, vs Direct, and lbcore-b vs lbcore"
-    # lbcore-b ran with busy polling: its spinners show in the CPU table.
+    # lbcore-b ran with busy polling: its spinners show in the CPU table (over the HL7
+    # measurement; eight images take less than the clock tick that CPU time counts in).
     cpu = rows(r.stdout, "| Workload | haproxy CPU | lbcore CPU | lbcore-b CPU | lbcore-b busy-poll |")
     assert [row[0] for row in cpu] == ["HL7 MLLP, 1 connection", "DICOM C-STORE"]
-    assert all(number(row[4].rstrip("%")) > 0 for row in cpu), cpu
+    assert number(cpu[0][4].rstrip("%")) > 0, cpu
     assert not doc.exists(), "an A/B run must not write a report"
     assert PUBLISHED.read_bytes() == published_before
 
