@@ -1,4 +1,4 @@
-"""The benchmark itself, in CI: a run short enough to take a minute still starts every
+"""The benchmark itself, in CI: a run of a few seconds still starts every
 peer and proxy, measures every workload through every path, and writes the report with
 its targets, so a change that breaks the benchmark fails here rather than on the day
 someone needs the numbers. The figures of so short a run mean nothing; that each is
@@ -56,7 +56,7 @@ def test_a_whole_run_measures_every_row_and_writes_its_report(tmp_path, publishe
     r = run_bench(*SHORT, "--doc", str(doc))
     text = doc.read_text()
     results = rows(text, "| Workload | Unit | Direct | HAProxy | lbcore |")
-    assert [r[0] for r in results] == [label.strip().format(images=8) for _, label, *_ in bench.ROWS] + [
+    assert [row[0] for row in results] == [label.strip().format(images=8) for _, label, *_ in bench.ROWS] + [
         "Idle connections held (of 300)", "Peak RSS (VmHWM) at those connections"]
     for label, unit, *cells in results[:-2]:
         assert all(number(v) > 0 for v in cells[:3]), f"{label}: {cells}"  # Direct, HAProxy, lbcore
