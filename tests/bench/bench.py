@@ -60,6 +60,8 @@ PORTS = {"bulk": 5001, "rate": 5002, "mllp": 2575, "dicom": 11112, "dicomstore":
 PATHS = ("direct", "haproxy", "lbcore")
 # "lbcore-b": a second lbcore with other options (--compare-lbcore), for tuning.
 OFFSET = {"direct": 0, "haproxy": 10000, "lbcore": 20000, "lbcore-b": 30000}
+# Measured in each round, in this order; "memory" (--only) is the separate idle test.
+WORKLOADS = ("bulk1", "bulk8", "rate", "hl7", "hl7one", "dicom", "dicomstore")
 MEM_PORT = 26002
 HAPROXY_MAXPIPES = 256  # the fresh proxies of the memory test
 DICOM_AE = "BENCH-SCP"
@@ -301,17 +303,17 @@ class Bench:
             dicom_files.make(self.study / f"img{i:04}.dcm", i + 1, study="77", rows=512, cols=512)
 
     def rounds(self):
-        workloads = [
-            ("bulk1", lambda p: self.bulk(p, 1)),
-            ("bulk8", lambda p: self.bulk(p, 8)),
-            ("rate", self.rate),
-            ("hl7", lambda p: self.mllp(p, 16)),
-            ("hl7one", lambda p: self.mllp(p, 1)),
-            ("dicom", self.dicom),
-            ("dicomstore", lambda p: self.dicom(p, "dicomstore")),
-        ]
-        if self.args.only:
-            workloads = [w for w in workloads if w[0] in self.args.only.split(",")]
+        run = {
+            "bulk1": lambda p: self.bulk(p, 1),
+            "bulk8": lambda p: self.bulk(p, 8),
+            "rate": self.rate,
+            "hl7": lambda p: self.mllp(p, 16),
+            "hl7one": lambda p: self.mllp(p, 1),
+            "dicom": self.dicom,
+            "dicomstore": lambda p: self.dicom(p, "dicomstore"),
+        }
+        only = self.args.only.split(",") if self.args.only else WORKLOADS
+        workloads = [(w, run[w]) for w in WORKLOADS if w in only]
         for r in range(self.args.rounds):
             log(f"round {r + 1}/{self.args.rounds}")
             for i, (name, fn) in enumerate(workloads):
@@ -620,7 +622,6 @@ Samples (one per round, in round order):
 {samples_text(bench)}
 ```
 """
-    out.parent.mkdir(exist_ok=True)
     out.write_text(doc)
 
 
@@ -645,7 +646,7 @@ def main():
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--dicom-repeat", type=int, default=2, help="storescu runs (of the whole study) per measurement")
     ap.add_argument("--idle", type=int, default=10000)
-    ap.add_argument("--only", default="", help="comma-separated: bulk1,bulk8,rate,hl7,hl7one,dicom,dicomstore,memory (debugging; implies --no-doc)")
+    ap.add_argument("--only", default="", help=f"comma-separated: {','.join(WORKLOADS)},memory (debugging; implies --no-doc)")
     ap.add_argument("--placement", choices=("dedicated", "shared"), default="dedicated",
                     help="dedicated: proxies on the upper half of the cores, peers on the lower half; "
                          "shared: nothing pinned")
@@ -657,6 +658,17 @@ def main():
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md",
                     help="where a whole run writes its report (default: docs/benchmarks.md)")
     args = ap.parse_args()
+    # Refused before minutes of measuring, not after.
+    for name in ("rounds", "images", "dicom_repeat", "idle"):
+        if getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.secs <= 0:
+        ap.error("--secs must be more than 0")
+    unknown = set(filter(None, args.only.split(","))) - {*WORKLOADS, "memory"}
+    if unknown:
+        ap.error(f"--only: unknown workload(s) {', '.join(sorted(unknown))}")
+    if not args.no_doc and not args.doc.resolve().parent.is_dir():
+        ap.error(f"--doc: the directory {args.doc.resolve().parent} does not exist")
     if os.geteuid() != 0:
         sys.exit("bench.py: must run as root (network namespaces)")
     started = datetime.datetime.now(datetime.timezone.utc)

@@ -115,3 +115,15 @@ def test_ratios_pair_the_paths_round_by_round():
     latency = bench.paired_ratios(Run, "rate_p99", "lbcore", "haproxy", False)
     assert latency == [1.5, 1.5, 1.0]
     assert bench.ratio_cell(latency) == "1.50 (1.25–1.50)"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--rounds", "0"], "--rounds must be at least 1"),
+    (["--secs", "-1"], "--secs must be more than 0"),
+    (["--only", "dicom,bulk2"], "--only: unknown workload(s) bulk2"),
+    (["--doc", "/nonexistent-dir/benchmarks.md"], "--doc: the directory /nonexistent-dir does not exist"),
+])
+def test_bad_options_are_refused_before_anything_runs(args, message):
+    r = subprocess.run(["/usr/bin/python3", str(HERE / "bench.py"), *args], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 2 and message in r.stderr, r.stderr
