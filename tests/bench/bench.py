@@ -2,7 +2,7 @@
 """Side-by-side benchmark of lbcore's Layer 7 proxy, HAProxy (TCP mode) and a direct
 connection, in one run, in network namespaces.
 
-Topology (tests/netlab.py): three hosts on one bridge, each attached by a veth pair —
+Topology (tests/lab/netns.py): three hosts on one bridge, each attached by a veth pair —
 client (.10), load balancer (.2) and server (.11). The direct path goes client -> server
 over the bridge; the proxied paths go client -> lb -> server, two hops on the same
 bridge, so every path sees the same link type, MTU and offloads. HAProxy and lbcore run
@@ -23,8 +23,8 @@ The CPU time each proxy process used during each measurement is read from
 /proc/PID/stat, so the table also says what each proxy cost, independently of where the
 scheduler placed it.
 
-Run through tests/bench/run (installs packages, builds, raises limits); writes
-docs/benchmarks.md from the real run.
+Run through tests/bench/run (installs packages, builds, raises limits, puts tests/ on
+PYTHONPATH for the lab package); writes docs/benchmarks.md from the real run.
 """
 
 import argparse
@@ -42,15 +42,16 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE.parent / "peers"))
+try:
+    from lab import dicom_files
+    from lab.binaries import BIN_DIR as BIN
+    from lab.binaries import REPO
+    from lab.netns import Lab
+    from lab.programs import program
+    from lab.wait import listening, wait_for, wait_listening
+except ModuleNotFoundError as e:
+    sys.exit(f"bench.py: {e}: run it through tests/bench/run (or with PYTHONPATH=tests)")
 
-from netlab import Lab, wait_for  # noqa: E402
-import dicom_files  # noqa: E402
-
-BIN = Path(os.environ.get("LB_BIN_DIR", REPO / "target" / "release"))
 SUBNET = "10.78.0"
 LB_IP, CLIENT_IP, SERVER_IP = f"{SUBNET}.2", f"{SUBNET}.10", f"{SUBNET}.11"
 # Ports of the servers; HAProxy listens on port+10000, lbcore on port+20000.
@@ -177,7 +178,7 @@ class Bench:
         for h in (self.lb, self.client, self.server):
             # Many short connections: reuse TIME_WAIT ports for new outgoing
             # connections (client and proxies), wide port range, deep accept queues.
-            h.run(["sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1",
+            h.run([program("sysctl"), "-qw", "net.ipv4.tcp_tw_reuse=1",
                    "net.ipv4.ip_local_port_range=1024 65535",
                    # ... except the proxies' listening ports (a fresh proxy binds later).
                    "net.ipv4.ip_local_reserved_ports=10000-42000",
@@ -194,7 +195,7 @@ class Bench:
         """`cmd` bound to the cores of `role` (taskset execs, so the pid stays the same)."""
         if self.args.placement != "dedicated":
             return cmd
-        return ["taskset", "-c", ",".join(map(str, self.cpus[role])), *cmd]
+        return [program("taskset"), "-c", ",".join(map(str, self.cpus[role])), *cmd]
 
     def peer_threads(self):
         return ["--threads", str(len(self.cpus["peers"]))]
@@ -203,9 +204,9 @@ class Bench:
         s = self.server
         s.spawn(self.pinned("peers", [str(BIN / "lbbench"), *self.peer_threads(), "serve", "--bulk", f"{SERVER_IP}:{PORTS['bulk']}",
                  "--rate", f"{SERVER_IP}:{PORTS['rate']}", "--mllp", f"{SERVER_IP}:{PORTS['mllp']}"]))
-        s.spawn(self.pinned("peers", ["env", "TCP_NODELAY=1", "storescp", "--aetitle", DICOM_AE, "--ignore",
+        s.spawn(self.pinned("peers", [program("env"), "TCP_NODELAY=1", program("storescp"), "--aetitle", DICOM_AE, "--ignore",
                                       str(PORTS["dicom"])]))
-        s.spawn(self.pinned("peers", ["env", "TCP_NODELAY=1", "storescp", "--aetitle", DICOM_AE,
+        s.spawn(self.pinned("peers", [program("env"), "TCP_NODELAY=1", program("storescp"), "--aetitle", DICOM_AE,
                                       "-od", str(self.stored), str(PORTS["dicomstore"])]))
         for port in PORTS.values():
             wait_listening(s, port)
@@ -224,9 +225,9 @@ class Bench:
     def start_haproxy(self, ports, tag):
         cfg = self.tmp / f"haproxy-{tag}.cfg"
         cfg.write_text(haproxy_config(ports, len(self.cpus["proxy"])))
-        self.lb.run(["haproxy", "-c", "-q", "-f", str(cfg)])
+        self.lb.run([program("haproxy"), "-c", "-q", "-f", str(cfg)])
         logf = open(self.tmp / f"haproxy-{tag}.log", "w")
-        p = self.lb.spawn(self.pinned("proxy", ["haproxy", "-db", "-f", str(cfg)]), stdout=logf,
+        p = self.lb.spawn(self.pinned("proxy", [program("haproxy"), "-db", "-f", str(cfg)]), stdout=logf,
                           stderr=subprocess.STDOUT)
         return p
 
@@ -283,7 +284,7 @@ class Bench:
         host, port = target(path, workload).split(":")
         t0 = time.monotonic()
         for _ in range(self.args.dicom_repeat):
-            r = self.client.run(self.pinned("peers", ["env", "TCP_NODELAY=1", "storescu", "-aet", "BENCH-SCU", "-aec", DICOM_AE,
+            r = self.client.run(self.pinned("peers", [program("env"), "TCP_NODELAY=1", program("storescu"), "-aet", "BENCH-SCU", "-aec", DICOM_AE,
                                  "+sd", host, port, str(self.study)]), timeout=120, check=False)
             if r.returncode != 0:
                 raise RuntimeError(f"storescu via {path} failed: {r.stdout}{r.stderr}")
@@ -356,15 +357,6 @@ class Bench:
         self.lab.close()
         shutil.rmtree(self.tmp, ignore_errors=True)
         shutil.rmtree(self.stored, ignore_errors=True)
-
-
-def listening(host, port):
-    r = host.run(["ss", "-Htln", f"sport = :{port}"], check=False)
-    return r.stdout.strip() != ""
-
-
-def wait_listening(host, port, timeout=10):
-    wait_for(lambda: listening(host, port), timeout, what=f"port {port} in {host.name}")
 
 
 # -- the report -----------------------------------------------------------------------
@@ -520,8 +512,8 @@ def machine():
             model = line.split(":", 1)[1].strip()
             break
     mem = int(Path("/proc/meminfo").read_text().split()[1]) // 1024
-    haproxy = subprocess.run(["haproxy", "-v"], capture_output=True, text=True).stdout.splitlines()[0]
-    dcmtk = subprocess.run(["storescu", "--version"], capture_output=True, text=True).stdout.splitlines()[0]
+    haproxy = subprocess.run([program("haproxy"), "-v"], capture_output=True, text=True).stdout.splitlines()[0]
+    dcmtk = subprocess.run([program("storescu"), "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     return {
         "cores": os.cpu_count(), "cpu": model, "kernel": platform.release(), "memory_mb": mem,
         "haproxy": haproxy, "dcmtk": dcmtk.strip("$ "),
@@ -575,7 +567,7 @@ quartiles of the per-round ratios):
 
 ## Setup
 
-- Network namespaces from `tests/netlab.py`: client ({CLIENT_IP}), load balancer
+- Network namespaces from `tests/lab/netns.py`: client ({CLIENT_IP}), load balancer
   ({LB_IP}) and server ({SERVER_IP}), each attached to one bridge by a veth pair. The
   direct path is client → server; the proxied paths are client → lb → server on the same
   bridge. Nothing leaves the namespaces.
@@ -603,7 +595,7 @@ quartiles of the per-round ratios):
   engine feeding one receiver sends: every message waits for the previous ACK, so it
   measures the round trip a proxy adds rather than its capacity.
 - DICOM: `storescu +sd` ({args.dicom_repeat} runs per measurement) sends {args.images} Secondary Capture images of 512×512 pixels
-  (≈256 KiB each, written by `tests/peers/dicom_files.py`) over one association to
+  (≈256 KiB each, written by `tests/lab/dicom_files.py`) over one association to
   `storescp --ignore`; images/s = images / wall time of storescu. "stored" sends them
   to a second `storescp` that writes each image to a file, as a PACS does (into
   `/dev/shm`, so that no disk's speed enters; the bench checks that all {args.images} arrived

@@ -7,25 +7,29 @@ there and positive does. The published docs/benchmarks.md is never touched."""
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+from bench import bench  # tests/bench/bench.py (pytest puts tests/ on sys.path)
+from lab.programs import program
 
-import bench  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 PUBLISHED = bench.REPO / "docs" / "benchmarks.md"
 SHORT = ["--rounds", "1", "--secs", "0.3", "--images", "8", "--dicom-repeat", "1", "--idle", "300"]
 
 
+def bench_env():
+    """bench.py's environment: the binaries, and tests/ on PYTHONPATH for the lab package."""
+    return dict(os.environ, LB_BIN_DIR=str(bench.BIN), PYTHONPATH=str(HERE.parent))
+
+
 def run_bench(*args):
-    env = dict(os.environ, LB_BIN_DIR=str(bench.BIN))
+    env = bench_env()
     for name in ("lbcore", "lbbench"):
         assert (bench.BIN / name).exists(), f"{bench.BIN / name} is missing: build with cargo build --release"
-    r = subprocess.run(["/usr/bin/python3", str(HERE / "bench.py"), *args], capture_output=True, text=True,
+    r = subprocess.run([program("python3"), str(HERE / "bench.py"), *args], capture_output=True, text=True,
                        timeout=900, env=env)
     assert r.returncode == 0, f"bench.py failed:\n{r.stderr[-4000:]}"
     return r
@@ -124,6 +128,6 @@ def test_ratios_pair_the_paths_round_by_round():
     (["--doc", "/nonexistent-dir/benchmarks.md"], "--doc: the directory /nonexistent-dir does not exist"),
 ])
 def test_bad_options_are_refused_before_anything_runs(args, message):
-    r = subprocess.run(["/usr/bin/python3", str(HERE / "bench.py"), *args], capture_output=True, text=True,
-                       timeout=30)
+    r = subprocess.run([program("python3"), str(HERE / "bench.py"), *args], capture_output=True, text=True,
+                       timeout=30, env=bench_env())
     assert r.returncode == 2 and message in r.stderr, r.stderr

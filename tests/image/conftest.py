@@ -8,14 +8,13 @@ pid, namespaces (with their tap devices) by name.
 
 import os
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from imagelab import BIN_DIR, IMAGE_DIR, NOTES, TOP, Vm, note, run  # noqa: E402
+from lab.binaries import BIN_DIR
+from lab.programs import cargo, program, script_env
+from lab.vm import IMAGE_DIR, NOTES, TOP, Vm, note, run
 
 
 def pytest_terminal_summary(terminalreporter):
@@ -30,13 +29,13 @@ def image():
     """The built image (image/build is make-like: it only redoes what changed)."""
     if os.geteuid() != 0:
         pytest.skip("the image tests run as root (namespaces, tap devices, apt)")
-    run(TOP / "qemu" / "install-deps", timeout=1200)
+    run(TOP / "qemu" / "install-deps", env=script_env(), timeout=1200)
     for b in ("init", "lbcore", "lbctl", "lbweb"):
         if not (BIN_DIR / b).exists():
-            run("cargo", "build", "--release", "-p", "init", "-p", "lbcore", cwd=TOP, timeout=1800)
+            run(cargo(), "build", "--workspace", "--release", cwd=TOP, timeout=1800)
             break
     t = time.monotonic()
-    res = run(TOP / "image" / "build", env={**os.environ, "LB_BIN_DIR": str(BIN_DIR)}, timeout=1800)
+    res = run(TOP / "image" / "build", env=script_env(LB_BIN_DIR=str(BIN_DIR)), timeout=1800)
     print(f"\nimage/build took {time.monotonic() - t:.1f} s\n{res.stderr}")
     note(f"image/build: {time.monotonic() - t:.1f} s")
     return IMAGE_DIR
@@ -64,15 +63,16 @@ def netns():
     """A network namespace holding tap device `lbtap0` with 10.99.7.1/24: the VM's
     NIC is on the other side of the tap, so the namespace is the VM's only peer."""
     name = f"lbimg{os.getpid()}"
-    run("ip", "netns", "add", name)
+    ip = program("ip")
+    run(ip, "netns", "add", name)
     try:
-        ns = ["ip", "netns", "exec", name]
-        run(*ns, "ip", "link", "set", "lo", "up")
-        run(*ns, "ip", "tuntap", "add", "dev", "lbtap0", "mode", "tap")
-        run(*ns, "ip", "addr", "add", "10.99.7.1/24", "dev", "lbtap0")
-        run(*ns, "ip", "link", "set", "lbtap0", "up")
+        ns = [ip, "netns", "exec", name]
+        run(*ns, ip, "link", "set", "lo", "up")
+        run(*ns, ip, "tuntap", "add", "dev", "lbtap0", "mode", "tap")
+        run(*ns, ip, "addr", "add", "10.99.7.1/24", "dev", "lbtap0")
+        run(*ns, ip, "link", "set", "lbtap0", "up")
         yield name
     finally:
-        subprocess.run(["ip", "netns", "del", name], check=False)
+        subprocess.run([ip, "netns", "del", name], check=False)
 
 

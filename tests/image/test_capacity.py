@@ -15,13 +15,11 @@ The configuration and network settings are put on the data partition before the 
 import json
 import re
 import subprocess
-import sys
 
-from imagelab import BIN_DIR, TOP, disk_copy, note, preload_data
-from test_vm import GUEST, choose, ping, services_ready
-
-sys.path.insert(0, str(TOP / "tests"))
-from netlab import wait_for  # noqa: E402
+from lab.binaries import binary
+from lab.programs import program
+from lab.vm import GUEST, choose, disk_copy, note, ping, preload_data, services_ready
+from lab.wait import wait_for
 
 VIP, PORT, SERVER_PORT = "10.99.7.80", 7000, 7100
 CONNECTIONS = 10_000
@@ -60,8 +58,8 @@ def lbcore_memory(con):
 def test_ten_thousand_idle_connections_through_the_appliance(image, vms, netns, tmp_path):
     disk = disk_copy(image, tmp_path)
     preload_data(disk, tmp_path, {"config/network.toml": NETWORK, "config/lbcore.toml": CONFIG})
-    ns = ["ip", "netns", "exec", netns]
-    lbbench = str(BIN_DIR / "lbbench")
+    ns = [program("ip"), "netns", "exec", netns]
+    lbbench = binary("lbbench")
     server = subprocess.Popen(
         [*ns, lbbench, "serve", "--bulk", "10.99.7.1:7101", "--rate", f"10.99.7.1:{SERVER_PORT}",
          "--mllp", "10.99.7.1:7102"],
@@ -72,7 +70,7 @@ def test_ten_thousand_idle_connections_through_the_appliance(image, vms, netns, 
         con = vm.console
         services_ready(con, "Capacity boot")
         ping(netns)
-        wait_for(lambda: subprocess.run([*ns, "ping", "-c", "1", "-W", "2", VIP],
+        wait_for(lambda: subprocess.run([*ns, program("ping"), "-c", "1", "-W", "2", VIP],
                                         capture_output=True).returncode == 0,
                  60, interval=1, what=f"the service address {VIP}")
         rss0, _, files0 = lbcore_memory(con)

@@ -8,7 +8,9 @@ import subprocess
 import tarfile
 import xml.etree.ElementTree as ET
 
-from imagelab import BIN_DIR, BOOTENV, TOP, bootenv, disk_copy, gpt_partition, note, run
+from lab.binaries import BIN_DIR
+from lab.programs import cargo, program, script_env
+from lab.vm import BOOTENV, TOP, bootenv, disk_copy, gpt_partition, note, run
 
 OVF = "{http://schemas.dmtf.org/ovf/envelope/1}"
 RASD = "{http://schemas.dmtf.org/wbem/wscim/1/cim-schema/2/CIM_ResourceAllocationSettingData}"
@@ -65,29 +67,29 @@ def test_ova_structure(image, tmp_path):
     firmware = [c for c in root.iter("{http://www.vmware.com/schema/ovf}Config") if c.get("{http://www.vmware.com/schema/ovf}key") == "firmware"]
     assert firmware and firmware[0].get("{http://www.vmware.com/schema/ovf}value") in ("bios", "efi")
 
-    info = json.loads(run("qemu-img", "info", "--output=json", tmp_path / "medlb-disk1.vmdk").stdout)
+    info = json.loads(run(program("qemu-img"), "info", "--output=json", tmp_path / "medlb-disk1.vmdk").stdout)
     assert info["format"] == "vmdk"
     assert info["format-specific"]["data"]["create-type"] == "streamOptimized"
     assert info["virtual-size"] == (image / "medlb.raw").stat().st_size
-    run("qemu-img", "check", tmp_path / "medlb-disk1.vmdk")
+    run(program("qemu-img"), "check", tmp_path / "medlb-disk1.vmdk")
 
 
 def test_vhdx_and_qcow2_accepted_by_qemu_img(image):
     size = (image / "medlb.raw").stat().st_size
     for name, fmt in (("medlb.vhdx", "vhdx"), ("medlb.qcow2", "qcow2")):
-        info = json.loads(run("qemu-img", "info", "--output=json", image / name).stdout)
+        info = json.loads(run(program("qemu-img"), "info", "--output=json", image / name).stdout)
         assert info["format"] == fmt
         assert info["virtual-size"] == size
-        run("qemu-img", "check", image / name)
+        run(program("qemu-img"), "check", image / name)
     # the converted disks hold the same bytes as the raw one
-    run("qemu-img", "compare", "-f", "raw", "-F", "vhdx", image / "medlb.raw", image / "medlb.vhdx")
-    run("qemu-img", "compare", "-f", "raw", "-F", "qcow2", image / "medlb.raw", image / "medlb.qcow2")
+    run(program("qemu-img"), "compare", "-f", "raw", "-F", "vhdx", image / "medlb.raw", image / "medlb.vhdx")
+    run(program("qemu-img"), "compare", "-f", "raw", "-F", "qcow2", image / "medlb.raw", image / "medlb.qcow2")
 
 
 def test_second_build_redoes_nothing(image):
     outputs = ["medlb.raw", "medlb.qcow2", "medlb.vhdx", "medlb.ova", "slot/initrd.img"]
     before = {o: os.stat(image / o).st_mtime_ns for o in outputs}
-    res = run(TOP / "image" / "build", env={**os.environ, "LB_BIN_DIR": str(BIN_DIR)}, timeout=600)
+    res = run(TOP / "image" / "build", env=script_env(LB_BIN_DIR=str(BIN_DIR)), timeout=600)
     steps = [line for line in res.stderr.splitlines() if line.startswith("[image] ")]
     assert steps and all(line.endswith(": up to date") for line in steps), steps
     assert {o: os.stat(image / o).st_mtime_ns for o in outputs} == before
@@ -97,7 +99,7 @@ def test_initramfs_contents(image, tmp_path):
     """The slot's initramfs holds init, lbcore, lbctl, their libraries, the services
     file, the module set with its depmod files, and no shell."""
     cpio = subprocess.run(
-        f"zstd -dc {image / 'slot' / 'initrd.img'} | cpio -it --quiet",
+        f"{program('zstd')} -dc {image / 'slot' / 'initrd.img'} | {program('cpio')} -it --quiet",
         shell=True, check=True, capture_output=True, text=True,
     ).stdout.split()
     files = set(cpio)
@@ -119,20 +121,20 @@ def test_bootenv_edits_grubenv_in_place(image, tmp_path):
     """bootenv (init's mark-good hook, the update agent's slot switch) rewrites GRUB's
     environment block inside the ESP without mounting it; grub-editenv reads the result
     back from the FAT file system, and the file system stays clean."""
-    run("cargo", "test", "-q", "--release", "--manifest-path", TOP / "image" / "bootenv" / "Cargo.toml",
+    run(cargo(), "test", "-q", "--release", "--manifest-path", TOP / "image" / "bootenv" / "Cargo.toml",
         "--target-dir", image / "work" / "bootenv", timeout=600)
     disk = disk_copy(image, tmp_path)
     assert bootenv(disk, "show").splitlines() == ["boot_slot=a", "good_slot=a", "boot_tries="]
     bootenv(disk, "try", "b", "3")
     offset, _ = gpt_partition(disk, "esp")
     esp = f"{disk}@@{offset}"
-    run("mcopy", "-n", "-i", esp, "::/grub/grubenv", tmp_path / "grubenv")
-    listed = run("grub-editenv", tmp_path / "grubenv", "list").stdout.splitlines()
+    run(program("mcopy"), "-n", "-i", esp, "::/grub/grubenv", tmp_path / "grubenv")
+    listed = run(program("grub-editenv"), tmp_path / "grubenv", "list").stdout.splitlines()
     assert sorted(listed) == ["boot_slot=b", "boot_tries=3", "good_slot=a"], listed
     assert (tmp_path / "grubenv").stat().st_size == 1024
     part = tmp_path / "esp.vfat"
-    run("dd", f"if={disk}", f"of={part}", "bs=1M", f"skip={offset}", "count=32", "iflag=skip_bytes", "status=none")
-    run("fsck.vfat", "-n", part)
+    run(program("dd"), f"if={disk}", f"of={part}", "bs=1M", f"skip={offset}", "count=32", "iflag=skip_bytes", "status=none")
+    run(program("fsck.vfat"), "-n", part)
     # not booted from a slot (no lb.slot= on this machine's command line): no change
     out = run(BOOTENV, "--device", disk, "mark-good").stdout
     assert "nothing to do" in out

@@ -28,20 +28,16 @@ over netlink by lbctl, shown by the console menu's service status.
 import re
 import signal
 import subprocess
-import sys
 import time
 
-import pytest
+from lab import dicom_files
+from lab.netns import Host, Lab
+from lab.programs import program
+from lab.vm import GUEST, PASSWORD, choose, disk_copy, note, ping, preload_data, run, services_ready, wizard_static
+from lab.wait import listening, wait_for
+from lab.webapi import ApiClient
 
-from imagelab import TOP, disk_copy, note, preload_data, run
-from test_vm import GUEST, PASSWORD, choose, ping, services_ready, wizard_static
-
-sys.path.insert(0, str(TOP / "tests"))
-from netlab import Host, Lab, wait_for  # noqa: E402
-from webapi import ApiClient  # noqa: E402
-
-sys.path.insert(0, str(TOP / "tests" / "peers"))
-import dicom_files  # noqa: E402
+IP = program("ip")
 
 CLIENT = "10.99.8.21"
 VIP_DR, VIP_NAT, VIP_SNAT = "10.99.7.70", "10.99.7.71", "10.99.7.72"
@@ -89,27 +85,27 @@ class Topology:
     def __init__(self, netns):
         self.router = netns
         self.lab = Lab("l4", subnet="10.99.7")
-        r = ["ip", "-n", netns]
+        r = [IP, "-n", netns]
         run(*r, "link", "add", "lbbr", "type", "bridge")
         run(*r, "addr", "del", "10.99.7.1/24", "dev", "lbtap0")
         run(*r, "link", "set", "lbtap0", "master", "lbbr")
         run(*r, "addr", "add", "10.99.7.1/24", "dev", "lbbr")
         run(*r, "link", "set", "lbbr", "up")
         # uplink to the lab switch
-        run("ip", "link", "add", "up0", "netns", netns, "type", "veth", "peer", "name",
+        run(IP, "link", "add", "up0", "netns", netns, "type", "veth", "peer", "name",
             f"u{self.lab.tag[-8:]}", "netns", self.lab.switch)
-        run("ip", "-n", self.lab.switch, "link", "set", f"u{self.lab.tag[-8:]}", "master", "br0", "up")
+        run(IP, "-n", self.lab.switch, "link", "set", f"u{self.lab.tag[-8:]}", "master", "br0", "up")
         run(*r, "link", "set", "up0", "master", "lbbr", "up")
         # the client's subnet
         client_ns = f"{self.lab.tag}-client"
         self.lab._add_ns(client_ns)
-        run("ip", "link", "add", "cl0", "netns", netns, "type", "veth", "peer", "name", "eth0",
+        run(IP, "link", "add", "cl0", "netns", netns, "type", "veth", "peer", "name", "eth0",
             "netns", client_ns)
         run(*r, "addr", "add", "10.99.8.1/24", "dev", "cl0")
         run(*r, "link", "set", "cl0", "up")
-        run("ip", "-n", client_ns, "addr", "add", f"{CLIENT}/24", "dev", "eth0")
-        run("ip", "-n", client_ns, "link", "set", "eth0", "up")
-        run("ip", "-n", client_ns, "route", "add", "default", "via", "10.99.8.1")
+        run(IP, "-n", client_ns, "addr", "add", f"{CLIENT}/24", "dev", "eth0")
+        run(IP, "-n", client_ns, "link", "set", "eth0", "up")
+        run(IP, "-n", client_ns, "route", "add", "default", "via", "10.99.8.1")
         self.client = Host(self.lab, "client", client_ns, CLIENT)
         self.lab.hosts["client"] = self.client
         self.sysctl(netns, "net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0",
@@ -117,7 +113,7 @@ class Topology:
         self.rs = {}
         for name, last in (("ds1", 31), ("ds2", 32)):
             h = self.lab.add_host(name, last)
-            ns = ["ip", "-n", h.ns]
+            ns = [IP, "-n", h.ns]
             run(*ns, "route", "add", "default", "via", "10.99.7.1")
             # Direct routing: the VIP on lo, never answered for in ARP
             self.sysctl(h.ns, "net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2",
@@ -128,7 +124,7 @@ class Topology:
 
     @staticmethod
     def sysctl(ns, *settings):
-        run("ip", "netns", "exec", ns, "sysctl", "-q", "-w", *settings)
+        run(IP, "netns", "exec", ns, program("sysctl"), "-q", "-w", *settings)
 
     def close(self):
         self.lab.close()
@@ -147,10 +143,9 @@ class Scp:
     def start(self):
         log = open(self.log_path, "a")
         self.proc = self.host.spawn(
-            ["storescp", "-d", "-dhl", "--aetitle", "LB-SCP", "-od", str(self.out), str(PORT)],
+            [program("storescp"), "-d", "-dhl", "--aetitle", "LB-SCP", "-od", str(self.out), str(PORT)],
             stdout=log, stderr=subprocess.STDOUT)
-        wait_for(lambda: self.host.run(["ss", "-Htln", f"sport = :{PORT}"], check=False).stdout.strip(),
-                 10, what=f"storescp on {self.host.name}")
+        wait_for(lambda: listening(self.host, PORT), 10, what=f"storescp on {self.host.name}")
 
     def stop(self):
         self.host.lab.stop(self.proc, signal.SIGKILL)
@@ -190,7 +185,7 @@ def ipvs_table(con):
 
 
 def dicom(client, tool, vip, *files):
-    args = [tool, "-aet", "MODALITY1", "-aec", "LB-SCP", "-to", "10", vip, str(PORT), *map(str, files)]
+    args = [program(tool), "-aet", "MODALITY1", "-aec", "LB-SCP", "-to", "10", vip, str(PORT), *map(str, files)]
     r = client.run(args, check=False, timeout=60)
     assert r.returncode == 0, f"{' '.join(args)} failed:\n{r.stdout}{r.stderr}"
 
@@ -325,7 +320,7 @@ def test_layer4_dr_nat_snat_in_the_appliance(image, vms, netns, tmp_path):
         # --- NAT: the real servers route through the appliance ---
         scps[sticky].start()
         for h in topo.rs.values():
-            ns = ["ip", "-n", h.ns]
+            ns = [IP, "-n", h.ns]
             run(*ns, "route", "replace", "default", "via", GUEST)
             # replies from the DR VIP still go straight to the router
             run(*ns, "rule", "add", "from", VIP_DR, "lookup", "100")

@@ -16,13 +16,9 @@ The host cannot make a VLAN peer (no 8021q), so the VLAN is checked inside the V
 """
 
 import re
-import sys
 
-from imagelab import TOP, disk_copy, preload_data
-from test_vm import GUEST, ping, services_ready
-
-sys.path.insert(0, str(TOP / "tests"))
-from netlab import wait_for  # noqa: E402
+from lab.vm import GUEST, disk_copy, ping, preload_data, services_ready
+from lab.wait import wait_for
 
 BOND, VLAN, VLAN_ID = "bond0", "bond0.42", 42
 VLAN_ADDR = "10.99.42.10/24"

@@ -10,59 +10,12 @@
 
 import subprocess
 import tarfile
-import time
 
 import pytest
 
-from imagelab import TOP, bootenv, disk_copy, gpt_partition, note, overlay_bootenv, run
-
-GUEST = "10.99.7.10"
-PASSWORD = "correct-horse-42"
-BOOT_TIMEOUT = 120  # GRUB to the first prompt, under software emulation
-READY_TIMEOUT = 150  # wizard done to "services ready" (mkfs of /data, network, lbcore)
-
-
-def wizard_static(con):
-    con.expect(r"=== Medical load balancer: first-boot setup ===", BOOT_TIMEOUT)
-    con.answer(r"Network mode \(dhcp/static\)", "static")
-    con.answer(r"IPv4 address with prefix or netmask", "10.99.7.300/24")
-    con.expect(r"error: .*", 30)  # a malformed address is refused, and asked again
-    con.answer(r"IPv4 address with prefix or netmask", f"{GUEST}/24")
-    con.answer(r"Gateway \(empty for none\)", "10.99.7.1")
-    con.answer(r"DNS servers, comma-separated \(empty for none\)", "")
-    con.answer(r"Hostname", "lbtest")
-    con.answer(r"Admin password \(at least 8 characters\)", PASSWORD)
-    con.answer(r"Repeat admin password", PASSWORD)
-    con.expect(r"Summary:", 30)
-    con.answer(r"Apply these settings\? \(yes/no\)", "yes")
-    con.expect(r"Settings saved\.", 60)
-
-
-def services_ready(con, label):
-    m = con.expect(r"services ready in (\d+) ms \(uptime ([\d.]+) s\)", READY_TIMEOUT)
-    note(f"{label}: services ready at guest uptime {m.group(2)} s (init's share {m.group(1)} ms)")
-    return m
-
-
-def ping(netns, timeout=60):
-    deadline = time.monotonic() + timeout
-    while True:
-        r = subprocess.run(
-            ["ip", "netns", "exec", netns, "ping", "-c", "1", "-W", "2", GUEST],
-            capture_output=True, text=True,
-        )
-        if r.returncode == 0:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{GUEST} does not answer ping from {netns}:\n{r.stdout}{r.stderr}")
-        time.sleep(1)
-
-
-def choose(con, choice):
-    """Picks a menu entry: an empty line redraws the status screen and its menu first
-    (the prompt may have been printed long before)."""
-    con.send("")
-    con.answer(r"Choice \(1-5\)", choice)
+from lab.programs import program
+from lab.vm import (BOOT_TIMEOUT, GUEST, PASSWORD, TOP, bootenv, choose, disk_copy, gpt_partition, note,
+                    overlay_bootenv, ping, run, services_ready, wizard_static)
 
 
 def service_status(con):
@@ -124,14 +77,14 @@ def test_grub_falls_back_when_slot_b_fails(image, vms, tmp_path):
     # (panic=5 reboots), as a broken update would
     broken = tmp_path / "slot_b"
     broken.mkdir()
-    run("cp", image / "slot" / "vmlinuz", broken / "vmlinuz")
+    run(program("cp"), image / "slot" / "vmlinuz", broken / "vmlinuz")
     (tmp_path / "empty").mkdir()
     with open(broken / "initrd.img", "wb") as f:
-        subprocess.run([str(TOP / "image" / "mkcpio"), str(tmp_path / "empty")], stdout=f, check=True)
+        subprocess.run([program("python3"), str(TOP / "image" / "mkcpio"), str(tmp_path / "empty")], stdout=f, check=True)
     offset, size = gpt_partition(disk, "slot_b")
     part = tmp_path / "slot_b.ext2"
-    run("mke2fs", "-q", "-t", "ext2", "-L", "slot_b", "-d", broken, part, f"{size // 1024}k")
-    run("dd", f"if={part}", f"of={disk}", "bs=1M", f"seek={offset}", "oflag=seek_bytes", "conv=notrunc,sparse", "status=none")
+    run(program("mke2fs"), "-q", "-t", "ext2", "-L", "slot_b", "-d", broken, part, f"{size // 1024}k")
+    run(program("dd"), f"if={part}", f"of={disk}", "bs=1M", f"seek={offset}", "oflag=seek_bytes", "conv=notrunc,sparse", "status=none")
     bootenv(disk, "try", "b", "2")
     assert "boot_slot=b" in bootenv(disk, "show")
 

@@ -3,7 +3,7 @@ the `pid1` fixture (init as PID 1 of new namespaces, killed at the end)."""
 
 import pytest
 
-from initlab import INIT, Pid1
+from lab.pid1 import INIT, Pid1
 
 
 def pytest_collection_modifyitems(items):

@@ -13,7 +13,8 @@ import subprocess
 
 import pytest
 
-from initlab import INIT
+from lab.pid1 import INIT
+from lab.programs import program
 
 LABEL = f"LBT{os.getpid()}"[:16]
 
@@ -27,18 +28,18 @@ class Disk:
         self.img = tmp_path / "disk.img"
         with open(self.img, "wb") as f:
             f.truncate(64 * 1024 * 1024)
-        sh("sfdisk", "-q", str(self.img), input=f"label: gpt\nsize=8MiB, name=boot\nname={LABEL}\n")
+        sh(program("sfdisk"), "-q", str(self.img), input=f"label: gpt\nsize=8MiB, name=boot\nname={LABEL}\n")
         self.mnt = tmp_path / "mnt"
         self.mnt.mkdir()
         self.loop = None
 
     def partition(self):
-        return json.loads(sh("sfdisk", "--json", str(self.img)).stdout)["partitiontable"]["partitions"][1]
+        return json.loads(sh(program("sfdisk"), "--json", str(self.img)).stdout)["partitiontable"]["partitions"][1]
 
     def attach(self):
         self.detach()
         p = self.partition()
-        r = sh("losetup", "-f", "--show", "-o", str(p["start"] * 512), "--sizelimit", str(p["size"] * 512),
+        r = sh(program("losetup"), "-f", "--show", "-o", str(p["start"] * 512), "--sizelimit", str(p["size"] * 512),
                str(self.img), check=False)
         if r.returncode != 0:
             pytest.skip(f"no loop device: {r.stderr.strip()}")
@@ -46,9 +47,9 @@ class Disk:
         return self.loop
 
     def detach(self):
-        subprocess.run(["umount", str(self.mnt)], capture_output=True)
+        subprocess.run([program("umount"), str(self.mnt)], capture_output=True)
         if self.loop:
-            subprocess.run(["losetup", "-d", self.loop], capture_output=True)
+            subprocess.run([program("losetup"), "-d", self.loop], capture_output=True)
             self.loop = None
 
     def datafs(self):
@@ -75,16 +76,16 @@ def test_format_find_and_grow(disk):
     r = disk.datafs()
     assert r.returncode == 0, r.stderr
     assert "formatted" in r.stdout
-    assert sh("blkid", "-o", "value", "-s", "LABEL", disk.loop, check=False).stdout.strip() in ("", LABEL)
+    assert sh(program("blkid"), "-o", "value", "-s", "LABEL", disk.loop, check=False).stdout.strip() in ("", LABEL)
     (disk.mnt / "keep").write_text("survives")
     small = df_size(disk.mnt)
-    sh("umount", str(disk.mnt))
+    sh(program("umount"), str(disk.mnt))
 
     r = disk.datafs()
     assert r.returncode == 0, r.stderr
     assert "formatted" not in r.stdout and "grown" not in r.stdout, r.stdout
     assert (disk.mnt / "keep").read_text() == "survives"
-    sh("umount", str(disk.mnt))
+    sh(program("umount"), str(disk.mnt))
 
     # The user enlarges the disk: the GPT and the last partition follow.
     with open(disk.img, "r+b") as f:
@@ -92,8 +93,8 @@ def test_format_find_and_grow(disk):
     r = disk.datafs()
     assert r.returncode == 0, r.stderr
     assert "partition grown" in r.stdout, r.stdout + r.stderr
-    sh("umount", str(disk.mnt))
-    v = sh("sfdisk", "--verify", str(disk.img), check=False)
+    sh(program("umount"), str(disk.mnt))
+    v = sh(program("sfdisk"), "--verify", str(disk.img), check=False)
     assert v.returncode == 0, v.stdout + v.stderr
     p = disk.partition()
     assert (p["start"] + p["size"]) * 512 > 126 * 1024 * 1024

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from initlab import INIT
+from lab.pid1 import INIT
+from lab.programs import program
 
 CACHE = Path(os.environ.get("LB_KERNEL_CACHE", "/var/tmp/lb-test-kernel"))
 
@@ -23,21 +24,21 @@ def kernel():
     done = CACHE / "ready"
     if not done.exists():
         CACHE.mkdir(parents=True, exist_ok=True)
-        deps = run("apt-cache", "depends", "linux-image-amd64").stdout
+        deps = run(program("apt-cache"), "depends", "linux-image-amd64").stdout
         pkg = next((l.split()[1] for l in deps.splitlines() if "Depends: linux-image-" in l), None)
         if pkg is None:
-            run("apt-get", "update", "-qq")
-            deps = run("apt-cache", "depends", "linux-image-amd64").stdout
+            run(program("apt-get"), "update", "-qq")
+            deps = run(program("apt-cache"), "depends", "linux-image-amd64").stdout
             pkg = next(l.split()[1] for l in deps.splitlines() if "Depends: linux-image-" in l)
         for old in CACHE.glob("*.deb"):
             old.unlink()
-        run("apt-get", "download", pkg, cwd=CACHE)
+        run(program("apt-get"), "download", pkg, cwd=CACHE)
         deb = next(CACHE.glob("*.deb"))
-        subprocess.run(["rm", "-rf", str(root)], check=True)
+        subprocess.run([program("rm"), "-rf", str(root)], check=True)
         root.mkdir()
-        run("dpkg-deb", "-x", str(deb), str(root))
+        run(program("dpkg-deb"), "-x", str(deb), str(root))
         kver = next((root / "lib/modules").iterdir()).name
-        run("depmod", "-b", str(root), kver)
+        run(program("depmod"), "-b", str(root), kver)
         done.write_text(kver)
     return root, done.read_text().strip()
 
@@ -81,7 +82,7 @@ def test_same_plan_as_modprobe(kernel, modules):
     root, kver = kernel
     expected = []
     for m in modules:
-        out = run("modprobe", "--show-depends", "-d", str(root), "-S", kver, m).stdout
+        out = run(program("modprobe"), "--show-depends", "-d", str(root), "-S", kver, m).stdout
         for l in out.splitlines():
             if l.startswith("insmod "):
                 p = Path(l.split()[1])

@@ -7,12 +7,14 @@ import json
 import os
 import signal
 import subprocess
-import time
-import tomllib
 
 import pytest
 
-from initlab import INIT, wait_for
+from lab.pid1 import INIT
+from lab.programs import program
+from lab.wait import wait_for
+
+IP = program("ip")
 
 
 def sh(*args, check=True):
@@ -26,32 +28,32 @@ class Netns:
     def __init__(self, tag):
         base = f"lbi{os.getpid()}{tag}"
         self.a, self.p = base + "a", base + "p"
-        sh("ip", "netns", "add", self.a)
-        sh("ip", "netns", "add", self.p)
-        sh("ip", "-n", self.a, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", self.p)
-        sh("ip", "-n", self.p, "link", "set", "peer0", "up")
-        sh("ip", "-n", self.p, "link", "set", "lo", "up")
+        sh(IP, "netns", "add", self.a)
+        sh(IP, "netns", "add", self.p)
+        sh(IP, "-n", self.a, "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", "netns", self.p)
+        sh(IP, "-n", self.p, "link", "set", "peer0", "up")
+        sh(IP, "-n", self.p, "link", "set", "lo", "up")
 
     def apply(self, cfg_path, *extra):
-        return sh("ip", "netns", "exec", self.a, str(INIT), "net-apply", str(cfg_path), *extra, check=False)
+        return sh(IP, "netns", "exec", self.a, str(INIT), "net-apply", str(cfg_path), *extra, check=False)
 
     def addrs(self, dev):
-        out = json.loads(sh("ip", "-n", self.a, "-j", "addr", "show", "dev", dev).stdout)
+        out = json.loads(sh(IP, "-n", self.a, "-j", "addr", "show", "dev", dev).stdout)
         return sorted(f"{i['local']}/{i['prefixlen']}" for i in out[0]["addr_info"] if i["family"] == "inet")
 
     def link(self, dev):
-        return json.loads(sh("ip", "-n", self.a, "-j", "-d", "link", "show", "dev", dev).stdout)[0]
+        return json.loads(sh(IP, "-n", self.a, "-j", "-d", "link", "show", "dev", dev).stdout)[0]
 
     def routes(self):
-        out = json.loads(sh("ip", "-n", self.a, "-j", "route", "show", "table", "main").stdout)
+        out = json.loads(sh(IP, "-n", self.a, "-j", "route", "show", "table", "main").stdout)
         return sorted((r["dst"], r.get("gateway"), r.get("dev")) for r in out)
 
     def snapshot(self):
-        return (sh("ip", "-n", self.a, "-j", "addr").stdout, self.routes())
+        return (sh(IP, "-n", self.a, "-j", "addr").stdout, self.routes())
 
     def close(self):
         for ns in (self.a, self.p):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run([IP, "netns", "del", ns], capture_output=True)
 
 
 @pytest.fixture
@@ -70,13 +72,13 @@ def nets():
 
 def kernel_has(kind):
     ns = f"lbi{os.getpid()}probe"
-    sh("ip", "netns", "add", ns)
+    sh(IP, "netns", "add", ns)
     try:
         args = {"vlan": ["link", "add", "link", "lo", "name", "v", "type", "vlan", "id", "2"],
                 "bond": ["link", "add", "b", "type", "bond"]}[kind]
-        return sh("ip", "-n", ns, *args, check=False).returncode == 0
+        return sh(IP, "-n", ns, *args, check=False).returncode == 0
     finally:
-        sh("ip", "netns", "del", ns, check=False)
+        sh(IP, "netns", "del", ns, check=False)
 
 
 STATIC = """
@@ -98,7 +100,7 @@ gateway = "10.199.0.254"
 
 def test_static_apply_is_read_back_and_idempotent(nets, tmp_path):
     n = nets("s")
-    sh("ip", "-n", n.p, "addr", "add", "10.199.0.1/24", "dev", "peer0")
+    sh(IP, "-n", n.p, "addr", "add", "10.199.0.1/24", "dev", "peer0")
     cfg = tmp_path / "network.toml"
     cfg.write_text(STATIC)
     resolv = tmp_path / "resolv.conf"
@@ -113,7 +115,7 @@ def test_static_apply_is_read_back_and_idempotent(nets, tmp_path):
     assert ("10.198.0.0/24", "10.199.0.254", "eth0") in routes
     assert resolv.read_text().splitlines()[1:] == ["search example.test", "nameserver 10.199.0.53"]
     # The peer reaches the appliance.
-    assert sh("ip", "netns", "exec", n.p, "ping", "-c1", "-W2", "10.199.0.2", check=False).returncode == 0
+    assert sh(IP, "netns", "exec", n.p, program("ping"), "-c1", "-W2", "10.199.0.2", check=False).returncode == 0
 
     before = n.snapshot()
     mtime = resolv.stat().st_mtime_ns
@@ -134,9 +136,9 @@ def test_changes_apply_as_a_diff(nets, tmp_path):
     second = tmp_path / "second.toml"
     second.write_text(STATIC.replace("10.199.0.2/24", "10.199.0.3/24").replace("mtu = 1400", "mtu = 1500")
                       .split("[[route]]")[0])
-    sh("ip", "-n", n.a, "link", "set", "eth0", "up")
-    sh("ip", "-n", n.a, "addr", "add", "10.199.0.70/24", "dev", "eth0")
-    r = sh("ip", "netns", "exec", n.a, str(INIT), "net-apply", str(first), "--then", str(second), check=False)
+    sh(IP, "-n", n.a, "link", "set", "eth0", "up")
+    sh(IP, "-n", n.a, "addr", "add", "10.199.0.70/24", "dev", "eth0")
+    r = sh(IP, "netns", "exec", n.a, str(INIT), "net-apply", str(first), "--then", str(second), check=False)
     assert r.returncode == 0, r.stderr
     one, two = r.stdout.strip().splitlines()
     assert "eth0: +10.199.0.2/24" in one and "route 10.198.0.0/24 via 10.199.0.254" in one
@@ -179,7 +181,7 @@ def test_bond(nets, tmp_path):
     if not kernel_has("bond"):
         pytest.skip("this kernel has no bonding driver")
     n = nets("b")
-    sh("ip", "-n", n.a, "link", "add", "eth1", "type", "veth", "peer", "name", "peer1", "netns", n.p)
+    sh(IP, "-n", n.a, "link", "add", "eth1", "type", "veth", "peer", "name", "peer1", "netns", n.p)
     cfg = tmp_path / "network.toml"
     cfg.write_text("""
 [[interface]]
@@ -202,10 +204,10 @@ addresses = ["10.195.0.2/24"]
 
 def test_dhcp_lease_renewed_and_released(nets, tmp_path):
     n = nets("h")
-    sh("ip", "-n", n.p, "addr", "add", "10.197.0.1/24", "dev", "peer0")
+    sh(IP, "-n", n.p, "addr", "add", "10.197.0.1/24", "dev", "peer0")
     leases = tmp_path / "leases"
     dnsmasq = subprocess.Popen(
-        ["ip", "netns", "exec", n.p, "dnsmasq", "--keep-in-foreground", "--conf-file=/dev/null",
+        [IP, "netns", "exec", n.p, program("dnsmasq"), "--keep-in-foreground", "--conf-file=/dev/null",
          "--port=0", "--interface=peer0", "--bind-interfaces", "--log-dhcp",
          "--dhcp-range=10.197.0.50,10.197.0.60,255.255.255.0,2m",
          "--dhcp-option=option:router,10.197.0.1", "--dhcp-option=option:dns-server,10.197.0.53",
@@ -219,7 +221,7 @@ def test_dhcp_lease_renewed_and_released(nets, tmp_path):
         resolv = tmp_path / "resolv.conf"
         log = tmp_path / "client.log"
         client = subprocess.Popen(
-            ["ip", "netns", "exec", n.a, str(INIT), "net-apply", str(cfg), "--resolv", str(resolv), "--hold"],
+            [IP, "netns", "exec", n.a, str(INIT), "net-apply", str(cfg), "--resolv", str(resolv), "--hold"],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, start_new_session=True)
         text = lambda: log.read_text(errors="replace")
         wait_for(lambda: "dhcp eth0: bound 10.197.0." in text(), timeout=30, what=f"a lease:\n{text()}")

@@ -7,7 +7,8 @@ import signal
 import subprocess
 import time
 
-from initlab import INIT, proc_state, wait_for
+from lab.pid1 import INIT, proc_state
+from lab.wait import wait_for
 
 
 def test_killed_service_is_restarted_with_backoff(pid1):

@@ -4,14 +4,12 @@ written, an interrupted wizard writing nothing, and the full boot on a pty conso
 reaching "services ready" and the menu."""
 
 import os
-import signal
-import subprocess
 import tomllib
 
 import pexpect
 import pexpect.fdpexpect
 
-from initlab import INIT, Pid1, wait_for
+from lab.pid1 import INIT, Pid1
 
 PASSWORD = "s3cret-pass"
 

@@ -5,14 +5,11 @@ rotation."""
 import signal
 import time
 
-import pytest
-from conftest import VIP, storescp, tcp_peer
-from netlab import wait_for
-
-import sys
-from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "peers"))
-import dicom_files  # noqa: E402
+from lab import dicom_files
+from lab.lbcore import VIP
+from lab.peers import storescp, tcp_peer
+from lab.programs import program
+from lab.wait import wait_for
 
 PORT = 104
 
@@ -38,7 +35,7 @@ weight = 100
 
 
 def echoscu(lab, check=True):
-    r = lab.hosts["client"].run(["echoscu", "-aet", "MODALITY1", "-aec", "LB-SCP", VIP, str(PORT)], check=False, timeout=30)
+    r = lab.hosts["client"].run([program("echoscu"), "-aet", "MODALITY1", "-aec", "LB-SCP", VIP, str(PORT)], check=False, timeout=30)
     if check:
         assert r.returncode == 0, f"echoscu failed: {r.stdout}{r.stderr}"
     return r
@@ -64,10 +61,10 @@ def test_echo_and_store_arrive_intact(lab, lbcore, tmp_path):
         sent[dicom_files.digest(dicom_files.make(path, i, study="42", rows=128, cols=128))] = path
     files = sorted(study.iterdir())
     # One association with six images, then one association per image.
-    r = lab.hosts["client"].run(["storescu", "-aet", "MODALITY1", "-aec", "LB-SCP", VIP, str(PORT)] + [str(f) for f in files[:6]], check=False, timeout=60)
+    r = lab.hosts["client"].run([program("storescu"), "-aet", "MODALITY1", "-aec", "LB-SCP", VIP, str(PORT)] + [str(f) for f in files[:6]], check=False, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     for f in files[6:]:
-        r = lab.hosts["client"].run(["storescu", "-aet", "MODALITY1", "-aec", "LB-SCP", VIP, str(PORT), str(f)], check=False, timeout=60)
+        r = lab.hosts["client"].run([program("storescu"), "-aet", "MODALITY1", "-aec", "LB-SCP", VIP, str(PORT), str(f)], check=False, timeout=60)
         assert r.returncode == 0, r.stdout + r.stderr
     received = {}
     for d in (out1, out2):

@@ -2,10 +2,10 @@
 and MLLP server, a long-lived interface connection across a reload, and the reference
 guide's ping check with a fallback server."""
 
-import subprocess
-
-from conftest import VIP, mllp_server
-from netlab import connect_from, wait_for
+from lab.lbcore import VIP
+from lab.netns import connect_from
+from lab.peers import mllp_server
+from lab.programs import program
 
 PORT = 2575
 VT, FS, CR = b"\x0b", b"\x1c", b"\x0d"
@@ -60,7 +60,7 @@ class Link:
 def mllp_send(lab, control_id, tmp_path):
     path = tmp_path / f"{control_id}.hl7"
     path.write_bytes(message(control_id))
-    r = lab.hosts["client"].run(["mllp_send", "--port", str(PORT), "--file", str(path), "--loose", VIP],
+    r = lab.hosts["client"].run([program("mllp_send"), "--port", str(PORT), "--file", str(path), "--loose", VIP],
                                 check=False, timeout=30)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
@@ -102,13 +102,13 @@ def test_ping_check_and_fallback_as_in_the_guide(lab, lbcore):
     lb.wait_health("HL7", "RS1", "up")
     assert Link(lab).send("X1")[0] == "IMS1"
     rs1 = lab.hosts["rs1"]
-    rs1.run(["ip", "link", "set", "eth0", "down"])
+    rs1.run([program("ip"), "link", "set", "eth0", "down"])
     try:
         lb.wait_health("HL7", "RS1", "down")
         assert "timed out" in lb.server("HL7", "RS1")["last_failure"]
         assert Link(lab).send("X2") == ("FALLBACK", "AA", "X2")
         assert lb.service("HL7")["fallback"]["in_use"]
     finally:
-        rs1.run(["ip", "link", "set", "eth0", "up"])
+        rs1.run([program("ip"), "link", "set", "eth0", "up"])
     lb.wait_health("HL7", "RS1", "up")
     assert Link(lab).send("X3")[0] == "IMS1"

@@ -7,7 +7,9 @@ lbcore (a restart) leaves the Layer 4 service address in place, since its flows 
 the kernel, while the Layer 7 one goes with the proxy.
 """
 
-from conftest import VIP, tcp_peer
+from lab.lbcore import VIP
+from lab.peers import tcp_peer
+from lab.programs import program
 
 L4_VIP = "10.77.0.101"
 PORT = 7400
@@ -45,7 +47,7 @@ address = "{lab.hosts["rs2"].address}"
 
 
 def addresses(lab):
-    return lab.hosts["lb"].run(["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+    return lab.hosts["lb"].run([program("ip"), "-o", "addr", "show", "dev", "eth0"]).stdout
 
 
 def test_layer4_status_and_addresses_across_a_stop(lab, lbcore):

@@ -6,8 +6,13 @@ import socket
 import time
 
 import pytest
-from conftest import VIP, tcp_peer
-from netlab import connect_from, wait_for
+
+from lab.binaries import binary
+from lab.lbcore import VIP
+from lab.netns import connect_from
+from lab.peers import PYTHON, tcp_peer
+from lab.programs import program
+from lab.wait import wait_for
 
 PORT = 7000
 
@@ -79,7 +84,7 @@ def test_weighted_round_robin_and_service_address(lab, lbcore, peers):
     lb.wait_health("APP", "RS1", "up")
     lb.wait_health("APP", "RS2", "up")
     # The service address was absent: lbcore added it to the interface of its subnet.
-    addrs = lab.hosts["lb"].run(["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+    addrs = lab.hosts["lb"].run([program("ip"), "-o", "addr", "show", "dev", "eth0"]).stdout
     assert f"{VIP}/32" in addrs, addrs
     names = [who(lab) for _ in range(8)]
     assert names.count("RS1") == 6 and names.count("RS2") == 2, names
@@ -87,7 +92,7 @@ def test_weighted_round_robin_and_service_address(lab, lbcore, peers):
     assert st["total_connections"] >= 8
     assert lb.stop() == 0
     # Stopping lbcore takes its address away again.
-    addrs = lab.hosts["lb"].run(["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+    addrs = lab.hosts["lb"].run([program("ip"), "-o", "addr", "show", "dev", "eth0"]).stdout
     assert VIP not in addrs, addrs
 
 
@@ -96,43 +101,43 @@ def test_addresses_of_a_crashed_lbcore_are_recognised_and_cleaned(lab, lbcore, p
     peers("rs1")
     lb = lbcore(config(("rs1",), lab=lab))
     lab.stop(lb.process, sig.SIGKILL)
-    assert f"{VIP}/32" in lab.hosts["lb"].run(["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+    assert f"{VIP}/32" in lab.hosts["lb"].run([program("ip"), "-o", "addr", "show", "dev", "eth0"]).stdout
     # Restarted with the service on another address: the old address carries lbcore's
     # mark (IFA_PROTO), so the new process knows it is its own and removes it.
     other = config(("rs1",), lab=lab).replace(VIP, "10.77.0.101")
     lb2 = lbcore(other)
-    addrs = lab.hosts["lb"].run(["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+    addrs = lab.hosts["lb"].run([program("ip"), "-o", "addr", "show", "dev", "eth0"]).stdout
     assert f"{VIP}/32" not in addrs and "10.77.0.101/32" in addrs, addrs
     lb2.stop()
-    assert "10.77.0.101" not in lab.hosts["lb"].run(["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+    assert "10.77.0.101" not in lab.hosts["lb"].run([program("ip"), "-o", "addr", "show", "dev", "eth0"]).stdout
 
 
 def test_gratuitous_arp_announces_the_service_address(lab, lbcore, peers):
     client = lab.hosts["client"]
-    client.run(["sysctl", "-qw", "net.ipv4.conf.eth0.arp_accept=1"])
-    client.run(["ip", "neigh", "flush", "dev", "eth0"])
+    client.run([program("sysctl"), "-qw", "net.ipv4.conf.eth0.arp_accept=1"])
+    client.run([program("ip"), "neigh", "flush", "dev", "eth0"])
     peers("rs1")
     lb = lbcore(config(("rs1",), lab=lab))
-    mac = lab.hosts["lb"].run(["cat", "/sys/class/net/eth0/address"]).stdout.strip()
+    mac = lab.hosts["lb"].run([program("cat"), "/sys/class/net/eth0/address"]).stdout.strip()
 
     def learned():
-        return mac in client.run(["ip", "neigh", "show", VIP], check=False).stdout
+        return mac in client.run([program("ip"), "neigh", "show", VIP], check=False).stdout
     wait_for(learned, 5, what="the client to learn the VIP's MAC from the gratuitous ARP")
     lb.stop()
 
 
 def test_an_address_already_present_is_left_alone(lab, lbcore, peers):
     lbh = lab.hosts["lb"]
-    lbh.run(["ip", "addr", "add", f"{VIP}/24", "dev", "eth0"])
+    lbh.run([program("ip"), "addr", "add", f"{VIP}/24", "dev", "eth0"])
     try:
         peers("rs1")
         lb = lbcore(config(("rs1",), lab=lab))
         lb.wait_health("APP", "RS1", "up")
         assert who(lab) == "RS1"
         lb.stop()
-        assert f"{VIP}/24" in lbh.run(["ip", "-o", "addr", "show", "dev", "eth0"]).stdout
+        assert f"{VIP}/24" in lbh.run([program("ip"), "-o", "addr", "show", "dev", "eth0"]).stdout
     finally:
-        lbh.run(["ip", "addr", "del", f"{VIP}/24", "dev", "eth0"], check=False)
+        lbh.run([program("ip"), "addr", "del", f"{VIP}/24", "dev", "eth0"], check=False)
 
 
 def test_weighted_least_connections_spreads_open_connections(lab, lbcore, peers):
@@ -300,7 +305,7 @@ def test_keepalive_on_both_sides(lab, lbcore, peers):
     lb = lbcore(config(("rs1",), lab=lab, extra='keepalive = "30s"'))
     lb.wait_health("APP", "RS1", "up")
     name, s, f = who(lab, keep=True)
-    out = lab.hosts["lb"].run(["ss", "-tno", "state", "established"]).stdout
+    out = lab.hosts["lb"].run([program("ss"), "-tno", "state", "established"]).stdout
     keep = [l for l in out.splitlines() if "keepalive" in l]
     assert len(keep) >= 2, f"both legs should have keepalive timers:\n{out}"
     close(s, f)
@@ -332,9 +337,9 @@ def test_invalid_reload_keeps_the_running_configuration(lab, lbcore, peers):
     assert "unknown variant `fastest`" in r.stderr and "line 6" in r.stderr, r.stderr
     assert who(lab) == "RS1"
     # A port that cannot be bound refuses the whole change, too.
-    blocker = lab.hosts["lb"].spawn(["python3", "-c",
+    blocker = lab.hosts["lb"].spawn([PYTHON, "-c",
         f"import socket,time; s=socket.socket(); s.bind(('{VIP}', 7001)); s.listen(); time.sleep(60)"])
-    wait_for(lambda: "7001" in lab.hosts["lb"].run(["ss", "-Htln"]).stdout, 5, what="blocker")
+    wait_for(lambda: "7001" in lab.hosts["lb"].run([program("ss"), "-Htln"]).stdout, 5, what="blocker")
     r = lb.reload(good.replace(f"ports = [{PORT}]", f"ports = [{PORT}, 7001]"))
     lab.stop(blocker)
     assert r.returncode != 0
@@ -349,7 +354,6 @@ def test_invalid_reload_keeps_the_running_configuration(lab, lbcore, peers):
     ("[[service]]\nlabel = \"X\"\nlayer = 7\naddress = \"10.0.0.1\"\nports = [1]\n[[service.real_server]]\nlabel = \"R\"\naddress = \"10.0.0.2\"\nweigth = 5\n", "weigth"),
 ])
 def test_bad_config_at_start_exits_with_the_reason(lab, text, needle, tmp_path):
-    from conftest import binary
     path = tmp_path / "bad.toml"
     path.write_text(text)
     r = lab.hosts["lb"].run([binary("lbcore"), "--config", str(path), "--socket", str(tmp_path / "s")], check=False, timeout=10)

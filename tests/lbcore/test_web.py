@@ -10,9 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from conftest import PYTHON, VIP, binary, tcp_peer, wait_listening
-from netlab import connect_from, wait_for
-from webapi import ApiClient
+from lab.binaries import binary
+from lab.lbcore import VIP
+from lab.netns import connect_from
+from lab.peers import PYTHON, tcp_peer
+from lab.programs import program
+from lab.wait import wait_for, wait_listening
+from lab.webapi import ApiClient
 
 PORT = 9443
 LB = "10.77.0.2"
@@ -23,7 +27,7 @@ BLOCKER = "import socket, sys, time; s = socket.socket(); s.bind(('0.0.0.0', int
 
 def admin_hash(password):
     return subprocess.run(
-        ["argon2", "lbweb-test-salt", "-id", "-t", "2", "-m", "14", "-p", "1", "-e"],
+        [program("argon2"), "lbweb-test-salt", "-id", "-t", "2", "-m", "14", "-p", "1", "-e"],
         input=password.encode(), capture_output=True, check=True,
     ).stdout.decode().strip()
 

@@ -3,13 +3,17 @@ attached to it by veth pairs, each with a private test address.
 
 Everything a Lab creates carries the test process's pid in its name, so that runs in
 parallel do not collide, and Lab.close() removes exactly what it made: the processes it
-started (by their own process group) and its namespaces.
+started (by their own process group) and its namespaces. Used by tests/lbcore,
+tests/image/test_layer4 and tests/bench.
 """
 
 import os
 import signal
 import subprocess
-import time
+
+from lab.programs import program
+
+IP = program("ip")
 
 
 def run(cmd, check=True, **kw):
@@ -24,7 +28,7 @@ class Host:
         self.address = address
 
     def cmd(self, args):
-        return ["ip", "netns", "exec", self.ns] + list(args)
+        return [IP, "netns", "exec", self.ns] + list(args)
 
     def run(self, args, check=True, timeout=60, **kw):
         return run(self.cmd(args), check=check, timeout=timeout, **kw)
@@ -47,24 +51,24 @@ class Lab:
         self.processes = []
         self.switch = f"{self.tag}-sw"
         self._add_ns(self.switch)
-        run(["ip", "-n", self.switch, "link", "add", "br0", "type", "bridge"])
-        run(["ip", "-n", self.switch, "link", "set", "br0", "up"])
+        run([IP, "-n", self.switch, "link", "add", "br0", "type", "bridge"])
+        run([IP, "-n", self.switch, "link", "set", "br0", "up"])
 
     def _add_ns(self, ns):
-        run(["ip", "netns", "add", ns])
+        run([IP, "netns", "add", ns])
         self.namespaces.append(ns)
-        run(["ip", "-n", ns, "link", "set", "lo", "up"])
+        run([IP, "-n", ns, "link", "set", "lo", "up"])
 
     def add_host(self, name, last_octet):
         ns = f"{self.tag}-{name}"
         self._add_ns(ns)
         address = f"{self.subnet}.{last_octet}"
         inner, outer = f"h{len(self.hosts)}", f"p{self.tag[-6:]}{len(self.hosts)}"[:15]
-        run(["ip", "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", self.switch])
-        run(["ip", "-n", self.switch, "link", "set", outer, "master", "br0", "up"])
-        run(["ip", "-n", ns, "link", "set", inner, "name", "eth0"])
-        run(["ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
-        run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        run([IP, "link", "add", inner, "netns", ns, "type", "veth", "peer", "name", outer, "netns", self.switch])
+        run([IP, "-n", self.switch, "link", "set", outer, "master", "br0", "up"])
+        run([IP, "-n", ns, "link", "set", inner, "name", "eth0"])
+        run([IP, "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0"])
+        run([IP, "-n", ns, "link", "set", "eth0", "up"])
         host = Host(self, name, ns, address)
         self.hosts[name] = host
         return host
@@ -88,19 +92,7 @@ class Lab:
             except Exception:
                 pass
         for ns in reversed(self.namespaces):
-            run(["ip", "netns", "del", ns], check=False)
-
-
-def wait_for(predicate, timeout, interval=0.1, what="condition"):
-    """Polls until predicate() is truthy; returns its value or raises with `what`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(interval)
+            run([IP, "netns", "del", ns], check=False)
 
 
 _libc = None

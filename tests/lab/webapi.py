@@ -9,7 +9,7 @@ import ssl
 import tempfile
 from pathlib import Path
 
-from netlab import connect_from
+from lab.netns import connect_from
 
 
 class ApiClient:

@@ -1,29 +1,19 @@
-"""Helpers for init's system tests: the release binary, init run as PID 1 of fresh
-namespaces (unshare), and cleanup of everything a test started. (A module with its
-own name: every test folder has a conftest.py, so `import conftest` would be
-ambiguous.)"""
+"""init's system tests (tests/init): init run as PID 1 of fresh pid, mount, net, uts
+and ipc namespaces (unshare), what runs below it read from /proc, and cleanup of
+everything a test started."""
 
+import json
 import os
 import re
 import signal
 import subprocess
-import time
 from pathlib import Path
 
-import pytest
+from lab.binaries import BIN_DIR
+from lab.programs import program
+from lab.wait import wait_for
 
-BIN_DIR = Path(os.environ.get("LB_BIN_DIR", "/work/main/target/release"))
 INIT = BIN_DIR / "init"
-
-
-def wait_for(pred, timeout=10.0, interval=0.05, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def children(pid):
@@ -67,7 +57,7 @@ class Pid1:
         self.services.write_text(services)
         self.log = tmp / "stderr.log"
         args = [
-            "unshare", "--pid", "--fork", "--mount-proc", "--net", "--uts", "--ipc",
+            program("unshare"), "--pid", "--fork", "--mount-proc", "--net", "--uts", "--ipc",
             str(INIT), "--data", str(self.data), "--run", str(self.run),
             "--services", str(self.services), "--console", console,
             "--no-mounts", "--no-modules", "--exit-on-shutdown", "--log-stderr",
@@ -91,7 +81,6 @@ class Pid1:
     def ctl(self, *words):
         r = subprocess.run([str(INIT), "ctl", "--run", str(self.run), *words],
                            capture_output=True, text=True, timeout=15)
-        import json
         return json.loads(r.stdout) if r.stdout.strip() else {"ok": False, "error": r.stderr}
 
     def service(self, name):

@@ -1,7 +1,7 @@
-"""Helpers of the appliance image tests (tests/image): commands, the VM's serial
-console, VMs started with qemu/run, disk copies and the GRUB environment."""
+"""The appliance image under QEMU, for tests/image: commands, the VM's serial console,
+VMs started with qemu/run, the first-boot wizard and the console menu as the tests
+drive them, disk copies, the GRUB environment and the data partition."""
 
-import os
 import re
 import socket
 import struct
@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
-TOP = Path(__file__).resolve().parents[2]
-BIN_DIR = Path(os.environ.get("LB_BIN_DIR", TOP / "target" / "release"))
+from lab.binaries import REPO
+from lab.programs import program, script_env
+
+TOP = REPO
 IMAGE_DIR = TOP / "target" / "image"
 BOOTENV = IMAGE_DIR / "work" / "bootenv" / "release" / "bootenv"
 
@@ -131,9 +133,10 @@ class Vm:
             *extra,
         ]
         if netns:
-            cmd = ["ip", "netns", "exec", netns, *cmd]
+            cmd = [program("ip"), "netns", "exec", netns, *cmd]
         self.qemu_log = open(self.workdir / "qemu.log", "a")
-        self.proc = subprocess.Popen(cmd, stdout=self.qemu_log, stderr=subprocess.STDOUT)
+        # qemu/run finds qemu-system-x86_64 and qemu-img on Debian's PATH only
+        self.proc = subprocess.Popen(cmd, stdout=self.qemu_log, stderr=subprocess.STDOUT, env=script_env())
         self.console = Console(self.sock_path, self.workdir / "console.log")
         self.started = time.monotonic()
 
@@ -152,10 +155,63 @@ class Vm:
         self.qemu_log.close()
 
 
+# The booted appliance as the tests drive it (used by several test files).
+
+GUEST = "10.99.7.10"
+PASSWORD = "correct-horse-42"
+BOOT_TIMEOUT = 120  # GRUB to the first prompt, under software emulation
+READY_TIMEOUT = 150  # wizard done to "services ready" (mkfs of /data, network, lbcore)
+
+
+def wizard_static(con):
+    con.expect(r"=== Medical load balancer: first-boot setup ===", BOOT_TIMEOUT)
+    con.answer(r"Network mode \(dhcp/static\)", "static")
+    con.answer(r"IPv4 address with prefix or netmask", "10.99.7.300/24")
+    con.expect(r"error: .*", 30)  # a malformed address is refused, and asked again
+    con.answer(r"IPv4 address with prefix or netmask", f"{GUEST}/24")
+    con.answer(r"Gateway \(empty for none\)", "10.99.7.1")
+    con.answer(r"DNS servers, comma-separated \(empty for none\)", "")
+    con.answer(r"Hostname", "lbtest")
+    con.answer(r"Admin password \(at least 8 characters\)", PASSWORD)
+    con.answer(r"Repeat admin password", PASSWORD)
+    con.expect(r"Summary:", 30)
+    con.answer(r"Apply these settings\? \(yes/no\)", "yes")
+    con.expect(r"Settings saved\.", 60)
+
+
+def services_ready(con, label):
+    m = con.expect(r"services ready in (\d+) ms \(uptime ([\d.]+) s\)", READY_TIMEOUT)
+    note(f"{label}: services ready at guest uptime {m.group(2)} s (init's share {m.group(1)} ms)")
+    return m
+
+
+def ping(netns, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        r = subprocess.run(
+            [program("ip"), "netns", "exec", netns, program("ping"), "-c", "1", "-W", "2", GUEST],
+            capture_output=True, text=True,
+        )
+        if r.returncode == 0:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{GUEST} does not answer ping from {netns}:\n{r.stdout}{r.stderr}")
+        time.sleep(1)
+
+
+def choose(con, choice):
+    """Picks a menu entry: an empty line redraws the status screen and its menu first
+    (the prompt may have been printed long before)."""
+    con.send("")
+    con.answer(r"Choice \(1-5\)", choice)
+
+
+# Disks.
+
 def disk_copy(image, tmp_path, name="medlb.raw"):
     """A private sparse copy of the built raw disk, for tests that change it."""
     dst = tmp_path / name
-    run("cp", "--sparse=always", image / "medlb.raw", dst)
+    run(program("cp"), "--sparse=always", image / "medlb.raw", dst)
     return dst
 
 
@@ -167,7 +223,7 @@ def overlay_bootenv(vm_workdir, disk):
     """The GRUB environment as the VM left it (in qemu/run's overlay of `disk`)."""
     overlay = Path(vm_workdir) / "state" / f"disk-{Path(disk).name}.qcow2"
     flat = Path(vm_workdir) / "flattened.raw"
-    run("qemu-img", "convert", "-U", "-O", "raw", overlay, flat)
+    run(program("qemu-img"), "convert", "-U", "-O", "raw", overlay, flat)
     try:
         env = bootenv(flat, "show")
     finally:
@@ -200,5 +256,5 @@ def preload_data(disk, tmp_path, files):
         p.parent.mkdir(parents=True, exist_ok=True)
         p.write_text(text)
     offset, size = gpt_partition(disk, "LBDATA")
-    run("mke2fs", "-q", "-F", "-t", "ext4", "-L", "LBDATA", "-E", f"offset={offset}",
+    run(program("mke2fs"), "-q", "-F", "-t", "ext4", "-L", "LBDATA", "-E", f"offset={offset}",
         "-d", root, disk, f"{size // 1024}k")
