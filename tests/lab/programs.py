@@ -72,6 +72,7 @@ PROGRAMS = {p.name: p for p in [
     Program("apt-cache", "/usr/bin/apt-cache", "apt", "tests/init module test"),
     Program("dpkg-deb", "/usr/bin/dpkg-deb", "dpkg", "tests/init module test: unpacks the kernel package"),
     Program("shellcheck", "/usr/bin/shellcheck", "shellcheck", "tests/run: lints every shell script"),
+    Program("bash", "/bin/bash", "bash", "tests/image/test_build_description.py: how bash reads image/slots.conf"),
 ]}
 
 # The directories Debian's packages install programs into (no /usr/local).
