@@ -5,6 +5,9 @@
 //! - `boot_tries` empty when `boot_slot` is known good, else the boots it has left,
 //! - `good_slot`  (`a`|`b`) the last slot that came up healthy.
 //!
+//! These names, the slots, the defaults, the limit on tries, the ESP's name and the
+//! kernel argument `lb.slot=` come from `image/slots.conf`, compiled in (`slots.rs`).
+//!
 //! The block is rewritten in place, 1024 bytes at the offset where it already is,
 //! exactly as GRUB's `save_env` does: the FAT file system is never mounted nor changed,
 //! so a power cut can at worst leave the old or the new block, and GRUB treats a torn
@@ -15,7 +18,7 @@
 //! Usage:
 //!   bootenv [--device PATH] show
 //!   bootenv [--device PATH] mark-good        (also what running it as `mark-good` does)
-//!   bootenv [--device PATH] try SLOT [TRIES] (default 3 tries)
+//!   bootenv [--device PATH] try SLOT [TRIES] (default UPDATE_TRIES of slots.conf, 3)
 //!   bootenv [--device PATH] set KEY=VALUE...
 //! PATH is a whole disk (GPT; its partition named `esp` is used) or the ESP itself;
 //! by default the partition named `esp` is found through /sys/class/block.
@@ -25,10 +28,12 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+mod slots;
+use slots::{BOOT_SLOT, BOOT_TRIES, DEFAULT_BOOT_SLOT, ESP_NAME, GOOD_SLOT, MAX_TRIES};
+
 const BLOCK_SIZE: usize = 1024;
 const SIGNATURE: &[u8] = b"# GRUB Environment Block\n";
 const SECTOR: u64 = 512;
-const ESP_NAME: &str = "esp";
 
 /// The parsed environment block: variables in their order in the block.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,31 +106,32 @@ impl EnvBlock {
     /// Marks `booted` good: the slot GRUB was asked to boot came up, so its trial
     /// ends. Returns a sentence saying what changed (or why nothing did).
     pub fn mark_good(&mut self, booted: &str) -> String {
-        let boot_slot = self.get("boot_slot").unwrap_or("a").to_string();
+        let boot_slot = self.get(BOOT_SLOT).unwrap_or(DEFAULT_BOOT_SLOT).to_string();
         if booted != boot_slot {
             return format!(
                 "running slot {booted}, but the boot loader's slot is {boot_slot}: left as it is"
             );
         }
-        let was = self.get("boot_tries").unwrap_or("").to_string();
-        if was.is_empty() && self.get("good_slot") == Some(booted) {
+        let was = self.get(BOOT_TRIES).unwrap_or("").to_string();
+        if was.is_empty() && self.get(GOOD_SLOT) == Some(booted) {
             return format!("slot {booted} already marked good");
         }
-        self.set("good_slot", booted);
-        self.set("boot_tries", "");
+        self.set(GOOD_SLOT, booted);
+        self.set(BOOT_TRIES, "");
         format!("slot {booted} marked good")
     }
 
     /// Puts `slot` on trial with `tries` boots before GRUB falls back to the good slot.
     pub fn try_slot(&mut self, slot: &str, tries: u8) -> Result<(), String> {
-        if slot != "a" && slot != "b" {
-            return Err(format!("slot must be a or b, not {slot:?}"));
+        if !slots::is_slot(slot) {
+            let slots = slots::SLOTS.replace(' ', ", ");
+            return Err(format!("slot must be one of {slots}, not {slot:?}"));
         }
-        if !(1..=9).contains(&tries) {
-            return Err(format!("tries must be 1 to 9, not {tries}"));
+        if !(1..=MAX_TRIES).contains(&tries) {
+            return Err(format!("tries must be 1 to {MAX_TRIES}, not {tries}"));
         }
-        self.set("boot_slot", slot);
-        self.set("boot_tries", &tries.to_string());
+        self.set(BOOT_SLOT, slot);
+        self.set(BOOT_TRIES, &tries.to_string());
         Ok(())
     }
 }
@@ -155,7 +161,7 @@ fn unescape(v: &str) -> String {
 fn booted_slot(cmdline: &str) -> Option<String> {
     cmdline
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("lb.slot="))
+        .find_map(|w| w.strip_prefix(slots::KERNEL_ARG)?.strip_prefix('='))
         .map(str::to_string)
 }
 
@@ -280,16 +286,20 @@ fn run(args: &[String], argv0: &str) -> Result<(), String> {
         "mark-good" => {
             let cmdline = fs::read_to_string("/proc/cmdline").unwrap_or_default();
             let Some(booted) = booted_slot(&cmdline) else {
-                println!("mark-good: not booted from a slot (no lb.slot=): nothing to do");
+                let arg = slots::KERNEL_ARG;
+                println!("mark-good: not booted from a slot (no {arg}=): nothing to do");
                 return Ok(());
             };
             println!("mark-good: {}", env.mark_good(&booted));
         }
         "try" => {
-            let slot = rest.first().ok_or("try needs a slot (a or b)")?;
+            let slot = rest.first().ok_or(format!(
+                "try needs a slot ({})",
+                slots::SLOTS.replace(' ', " or ")
+            ))?;
             let tries = match rest.get(1) {
                 Some(t) => t.parse().map_err(|_| format!("tries: not a number: {t}"))?,
-                None => 3,
+                None => slots::UPDATE_TRIES,
             };
             env.try_slot(slot, tries)?;
         }
@@ -390,11 +400,33 @@ mod tests {
     }
 
     #[test]
+    fn try_slot_limits_come_from_slots_conf() {
+        let mut env = EnvBlock::parse(&block("")).unwrap();
+        assert!(env.try_slot("b", MAX_TRIES).is_ok());
+        assert!(env.try_slot("b", MAX_TRIES + 1).is_err());
+        for s in slots::SLOTS.split(' ') {
+            env.try_slot(s, 1).unwrap();
+            assert_eq!(env.get(BOOT_SLOT), Some(s));
+        }
+    }
+
+    #[test]
+    fn mark_good_of_an_empty_block_uses_the_default_slot() {
+        let mut env = EnvBlock::parse(&block("")).unwrap();
+        assert_eq!(
+            env.mark_good(DEFAULT_BOOT_SLOT),
+            format!("slot {DEFAULT_BOOT_SLOT} marked good")
+        );
+        assert_eq!(env.get(GOOD_SLOT), Some(DEFAULT_BOOT_SLOT));
+    }
+
+    #[test]
     fn cmdline_slot() {
         assert_eq!(
             booted_slot("console=ttyS0 lb.slot=b panic=5"),
             Some("b".to_string())
         );
         assert_eq!(booted_slot("console=ttyS0"), None);
+        assert_eq!(booted_slot("lb.slotx=b lb.slot"), None);
     }
 }
