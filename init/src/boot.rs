@@ -326,7 +326,12 @@ fn load_network(layout: &Layout) -> Option<NetworkConfig> {
         return None;
     }
     match NetworkConfig::load(&path) {
-        Ok(c) => Some(c),
+        Ok((c, warnings)) => {
+            for w in warnings {
+                info!("network settings: {w}");
+            }
+            Some(c)
+        }
         Err(e) => {
             info!("network settings: {e}");
             None

@@ -1,16 +1,16 @@
 //! The appliance's PID 1 as a library: the binary `init` is a thin front over these
-//! modules, and other crates of the workspace (web UI, update agent) can use
-//! [`layout`] and the file models ([`network::config`], [`admin`], [`services`]).
+//! modules. What other programs share with init (the /data layout, the models of the
+//! files on /data, the atomic write) is the `appliance` crate beside it.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod admin;
+pub use appliance::files::admin;
+pub use appliance::layout;
 pub mod bench;
 pub mod boot;
 pub mod console;
 pub mod control;
 pub mod datafs;
-pub mod fsutil;
 pub mod gpt;
-pub mod layout;
 pub mod log;
 pub mod menu;
 pub mod modules;

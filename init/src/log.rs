@@ -187,8 +187,8 @@ mod tests {
 
     #[test]
     fn rotates_by_size() {
-        let dir = std::env::temp_dir().join(format!("init-log-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         let path = dir.join("init.log");
         set_mirror(false, false);
         open_file(&path, 1024, 2).unwrap();
@@ -201,6 +201,5 @@ mod tests {
         assert!(dir.join("init.log.2").exists());
         assert!(!dir.join("init.log.3").exists());
         assert!(std::fs::metadata(&path).unwrap().len() < 1024);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

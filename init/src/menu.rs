@@ -298,6 +298,7 @@ fn menu(con: &mut Console, shared: &Shared) -> Result<(), ReadError> {
 fn current_interface(layout: &Layout) -> Option<String> {
     NetworkConfig::load(&layout.network_config())
         .ok()?
+        .0
         .interfaces
         .first()
         .map(|i| i.name.clone())
@@ -305,7 +306,7 @@ fn current_interface(layout: &Layout) -> Option<String> {
 
 /// Replace the management interface, hostname and DNS in the current settings.
 fn merge(layout: &Layout, new: NetworkConfig) -> NetworkConfig {
-    let Ok(mut cur) = NetworkConfig::load(&layout.network_config()) else {
+    let Ok((mut cur, _)) = NetworkConfig::load(&layout.network_config()) else {
         return new;
     };
     cur.hostname = new.hostname;

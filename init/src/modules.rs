@@ -453,8 +453,8 @@ mod tests {
 
     #[test]
     fn plan_orders_dependencies_and_softdeps() {
-        let dir = std::env::temp_dir().join(format!("init-mods-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
         std::fs::write(
             dir.join("modules.dep"),
             "kernel/a.ko: kernel/b.ko kernel/c.ko\nkernel/b.ko: kernel/c.ko\nkernel/c.ko:\nkernel/d-x.ko.xz:\nkernel/e.ko:\n",
@@ -467,7 +467,7 @@ mod tests {
         .unwrap();
         std::fs::write(dir.join("modules.softdep"), "softdep a pre: dee post: e\n").unwrap();
         std::fs::write(dir.join("modules.builtin"), "kernel/z.ko\n").unwrap();
-        let db = ModuleDb::load(&dir).unwrap();
+        let db = ModuleDb::load(dir).unwrap();
         let plan = db.plan(&["pci:v1234d0001".into()]).unwrap();
         assert_eq!(plan, ["d_x", "c", "b", "a", "e"]);
         assert_eq!(
@@ -476,6 +476,5 @@ mod tests {
         );
         assert!(db.is_builtin("z"));
         assert!(db.plan(&["nope".into()]).is_err());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -8,8 +8,9 @@ use crate::admin;
 use crate::console::{Console, ReadError};
 use crate::layout::Layout;
 use crate::network::config::{
-    Interface, Ipv4Cidr, NetworkConfig, check_gateway, check_host_address, check_hostname,
+    Interface, Ipv4Cidr, NetworkConfig, Problem, check_gateway, check_host_address, check_hostname,
 };
+use appliance::net::CidrError;
 use std::net::Ipv4Addr;
 
 /// First line of the wizard.
@@ -44,10 +45,10 @@ impl Io for Console {
 }
 
 /// Ask until `parse` accepts; each refusal prints `error: <reason>`.
-fn ask_valid<T>(
+fn ask_valid<T, E: std::fmt::Display>(
     io: &mut dyn Io,
     prompt: &str,
-    parse: impl Fn(&str) -> Result<T, String>,
+    parse: impl Fn(&str) -> Result<T, E>,
 ) -> Result<T, ReadError> {
     loop {
         let answer = io.ask(prompt, false)?;
@@ -59,56 +60,56 @@ fn ask_valid<T>(
 }
 
 /// `dhcp` or `static`.
-pub fn parse_mode(s: &str) -> Result<bool, String> {
+pub fn parse_mode(s: &str) -> Result<bool, Problem> {
     match s.to_ascii_lowercase().as_str() {
         "dhcp" | "d" => Ok(true),
         "static" | "s" => Ok(false),
-        _ => Err("answer dhcp or static".into()),
+        _ => Err(Problem::from("answer dhcp or static")),
     }
 }
 
 /// An address with prefix or netmask, usable by a host.
-pub fn parse_address(s: &str) -> Result<Ipv4Cidr, String> {
+pub fn parse_address(s: &str) -> Result<Ipv4Cidr, Problem> {
     if s.is_empty() {
-        return Err("an address is required".into());
+        return Err(Problem::from("an address is required"));
     }
-    let c: Ipv4Cidr = s.parse()?;
+    let c: Ipv4Cidr = s.parse().map_err(|e: CidrError| Problem(e.to_string()))?;
     check_host_address(&c)?;
     Ok(c)
 }
 
 /// A gateway inside the subnet of `on`, or nothing.
-pub fn parse_gateway(s: &str, on: &Ipv4Cidr) -> Result<Option<Ipv4Addr>, String> {
+pub fn parse_gateway(s: &str, on: &Ipv4Cidr) -> Result<Option<Ipv4Addr>, Problem> {
     if s.is_empty() {
         return Ok(None);
     }
     let gw: Ipv4Addr = s
         .parse()
-        .map_err(|_| format!("not an IPv4 address: {s:?}"))?;
+        .map_err(|_| Problem(format!("not an IPv4 address: {s:?}")))?;
     check_gateway(gw, on)?;
     Ok(Some(gw))
 }
 
 /// Comma- or space-separated DNS server addresses.
-pub fn parse_dns(s: &str) -> Result<Vec<Ipv4Addr>, String> {
+pub fn parse_dns(s: &str) -> Result<Vec<Ipv4Addr>, Problem> {
     let mut out = Vec::new();
     for part in s.split([',', ' ']).filter(|p| !p.is_empty()) {
         let ip: Ipv4Addr = part
             .parse()
-            .map_err(|_| format!("not an IPv4 address: {part:?}"))?;
+            .map_err(|_| Problem(format!("not an IPv4 address: {part:?}")))?;
         if ip.is_unspecified() || ip.is_broadcast() || ip.is_multicast() {
-            return Err(format!("{ip} cannot be a DNS server"));
+            return Err(Problem(format!("{ip} cannot be a DNS server")));
         }
         out.push(ip);
     }
     if out.len() > 3 {
-        return Err("at most 3 DNS servers".into());
+        return Err(Problem::from("at most 3 DNS servers"));
     }
     Ok(out)
 }
 
 /// A host name.
-pub fn parse_hostname(s: &str) -> Result<String, String> {
+pub fn parse_hostname(s: &str) -> Result<String, Problem> {
     check_hostname(s)?;
     Ok(s.to_ascii_lowercase())
 }
@@ -158,7 +159,7 @@ pub fn ask_confirm(io: &mut dyn Io, prompt: &str) -> Result<bool, ReadError> {
     ask_valid(io, prompt, |s| match s.to_ascii_lowercase().as_str() {
         "yes" | "y" => Ok(true),
         "no" | "n" => Ok(false),
-        _ => Err("answer yes or no".into()),
+        _ => Err(Problem::from("answer yes or no")),
     })
 }
 
@@ -219,12 +220,12 @@ pub enum SaveError {
     #[error(transparent)]
     Admin(#[from] admin::AdminError),
     #[error("saving the network settings: {0}")]
-    Network(#[from] crate::fsutil::AtomicWriteError),
+    Network(#[from] appliance::atomic::AtomicWriteError),
 }
 
 /// Write the network settings (atomically).
 pub fn save_network(layout: &Layout, net: &NetworkConfig) -> Result<(), SaveError> {
-    crate::fsutil::atomic_write(&layout.network_config(), net.to_toml().as_bytes(), 0o644)?;
+    appliance::atomic::write(&layout.network_config(), net.to_toml().as_bytes(), 0o644)?;
     Ok(())
 }
 

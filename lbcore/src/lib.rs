@@ -1,22 +1,25 @@
 //! lbcore: the load-balancing core of the medical load-balancer appliance.
 //!
-//! - [`config`]: the one configuration model (TOML on /data) and its validation.
-//! - [`health`]: health-check probes (TCP, ping, DICOM C-ECHO, HL7/MLLP, HTTP, script).
+//! - [`config`]: the configuration model (its home is the shared `appliance` crate,
+//!   with every other file on /data).
+//! - [`daemon`]: the running daemon: the event loop, configuration changes as a whole
+//!   (prepare, then commit), the status and the control socket.
+//! - [`service`], [`server`], [`scheduler`], [`persistence`]: where a new connection
+//!   goes; [`proxy`]: the Layer 7 TCP proxy that carries it.
+//! - [`health`], [`monitor`]: health-check probes and the monitor per real server.
 //! - [`ipvs`]: Layer 4 services on the kernel's IPVS (generic netlink), SNAT rules.
-//! - [`web`]: the HTTPS JSON API (`lbweb`) that changes and shows all of this.
+//! - [`addresses`]: service addresses on the appliance's interfaces.
+//!
+//! The control protocol that lbctl and lbweb speak is the `lbcore-control` crate.
 pub mod addresses;
-pub mod admin_state;
-pub mod atomic_file;
-pub mod config;
-pub mod control;
 pub mod daemon;
 pub mod health;
 pub mod ipvs;
-pub mod logging;
 pub mod monitor;
 pub mod persistence;
 pub mod proxy;
 pub mod scheduler;
 pub mod server;
 pub mod service;
-pub mod web;
+
+pub use appliance::files::lbcore as config;

@@ -74,12 +74,12 @@ async fn run(service: String, server: Arc<Server>, spec: MonitorSpec, changed: A
     }
     loop {
         let started = Instant::now();
-        let result = health::probe(&check.probe, &target, check.timeout)
+        let reason = health::probe(&check.probe, &target, check.timeout)
             .await
-            .map_err(|e| e.to_string());
-        let reason = result.as_ref().err().cloned();
+            .err()
+            .map(|e| e.to_string());
         let failed = reason.is_some();
-        if let Some(now) = server.record_check(result, check.rise, check.fall) {
+        if let Some(now) = server.record_check(reason.clone(), check.rise, check.fall) {
             changed.notify_one();
             let kind = check.probe.kind();
             match now {

@@ -2,75 +2,32 @@
 //! connection counters. Shared between the proxy, the health monitor and the control
 //! socket; the hot path reads only atomics.
 
-use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::RealServer;
 
-/// What the health checks say.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Health {
-    /// Not checked yet: treated as up so that a restart of lbcore does not refuse
-    /// clients; the first check result decides at once.
-    Unknown,
-    Up,
-    Down,
-}
+pub use appliance::files::operator_state::AdminState;
+pub use lbcore_control::status::Health;
 
-/// What the operator asked for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum AdminState {
-    /// Takes new connections when healthy.
-    Online,
-    /// No new connections; established ones stay.
-    Drain,
-    /// No new connections; established ones are closed.
-    Halt,
-}
-
-impl AdminState {
-    fn from_u8(v: u8) -> AdminState {
-        match v {
-            1 => AdminState::Drain,
-            2 => AdminState::Halt,
-            _ => AdminState::Online,
-        }
-    }
-
-    fn as_u8(self) -> u8 {
-        match self {
-            AdminState::Online => 0,
-            AdminState::Drain => 1,
-            AdminState::Halt => 2,
-        }
+/// The atomic form of an [`AdminState`].
+fn admin_from_u8(v: u8) -> AdminState {
+    match v {
+        1 => AdminState::Drain,
+        2 => AdminState::Halt,
+        _ => AdminState::Online,
     }
 }
 
-impl fmt::Display for AdminState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            AdminState::Online => "online",
-            AdminState::Drain => "drain",
-            AdminState::Halt => "halt",
-        })
-    }
-}
-
-impl fmt::Display for Health {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Health::Unknown => "unknown",
-            Health::Up => "up",
-            Health::Down => "down",
-        })
+fn admin_as_u8(state: AdminState) -> u8 {
+    match state {
+        AdminState::Online => 0,
+        AdminState::Drain => 1,
+        AdminState::Halt => 2,
     }
 }
 
@@ -119,7 +76,7 @@ impl Server {
                 last_failure: None,
                 since: SystemTime::now(),
             }),
-            admin: AtomicU8::new(AdminState::Online.as_u8()),
+            admin: AtomicU8::new(admin_as_u8(AdminState::Online)),
             active: AtomicU32::new(0),
             total: AtomicU64::new(0),
             halt: watch::Sender::new(0),
@@ -174,12 +131,13 @@ impl Server {
         self.health.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records one check result; returns the new health when it changed.
-    pub fn record_check(&self, result: Result<(), String>, rise: u32, fall: u32) -> Option<Health> {
+    /// Records one check: passed (`failure` is `None`) or failed for the reason given;
+    /// returns the new health when it changed.
+    pub fn record_check(&self, failure: Option<String>, rise: u32, fall: u32) -> Option<Health> {
         let mut h = self.lock_health();
         let before = h.health;
-        match result {
-            Ok(()) => {
+        match failure {
+            None => {
                 h.successes = h.successes.saturating_add(1);
                 h.failures = 0;
                 h.last_failure = None;
@@ -187,7 +145,7 @@ impl Server {
                     h.health = Health::Up;
                 }
             }
-            Err(reason) => {
+            Some(reason) => {
                 h.failures = h.failures.saturating_add(1);
                 h.successes = 0;
                 h.last_failure = Some(reason);
@@ -206,16 +164,16 @@ impl Server {
 
     /// Marks the server up without a check (check kind "none").
     pub fn force_up(&self) -> bool {
-        self.record_check(Ok(()), 1, 1).is_some()
+        self.record_check(None, 1, 1).is_some()
     }
 
     pub fn admin(&self) -> AdminState {
-        AdminState::from_u8(self.admin.load(Ordering::Relaxed))
+        admin_from_u8(self.admin.load(Ordering::Relaxed))
     }
 
     /// Sets the operator state; Halt also closes the established connections.
     pub fn set_admin(&self, state: AdminState) -> AdminState {
-        let before = AdminState::from_u8(self.admin.swap(state.as_u8(), Ordering::Relaxed));
+        let before = admin_from_u8(self.admin.swap(admin_as_u8(state), Ordering::Relaxed));
         if state == AdminState::Halt {
             self.halt.send_modify(|g| *g += 1);
         }
@@ -303,21 +261,21 @@ mod tests {
         assert_eq!(s.health(), Health::Unknown);
         assert!(s.takes_new_connections());
         assert_eq!(
-            s.record_check(Err("refused".into()), 2, 3),
+            s.record_check(Some("refused".into()), 2, 3),
             Some(Health::Down)
         );
-        assert_eq!(s.record_check(Ok(()), 2, 3), None);
-        assert_eq!(s.record_check(Ok(()), 2, 3), Some(Health::Up));
-        assert_eq!(s.record_check(Err("a".into()), 2, 3), None);
-        assert_eq!(s.record_check(Err("b".into()), 2, 3), None);
+        assert_eq!(s.record_check(None, 2, 3), None);
+        assert_eq!(s.record_check(None, 2, 3), Some(Health::Up));
+        assert_eq!(s.record_check(Some("a".into()), 2, 3), None);
+        assert_eq!(s.record_check(Some("b".into()), 2, 3), None);
         assert_eq!(
-            s.record_check(Ok(()), 2, 3),
+            s.record_check(None, 2, 3),
             None,
             "a success resets the failure streak"
         );
-        assert_eq!(s.record_check(Err("a".into()), 2, 3), None);
-        assert_eq!(s.record_check(Err("b".into()), 2, 3), None);
-        assert_eq!(s.record_check(Err("c".into()), 2, 3), Some(Health::Down));
+        assert_eq!(s.record_check(Some("a".into()), 2, 3), None);
+        assert_eq!(s.record_check(Some("b".into()), 2, 3), None);
+        assert_eq!(s.record_check(Some("c".into()), 2, 3), Some(Health::Down));
         assert_eq!(s.health_record().last_failure.as_deref(), Some("c"));
         assert!(!s.takes_new_connections());
     }

@@ -18,7 +18,7 @@ VIP = "10.77.0.100"
 class Lbcore:
     """lbcore running in the lab's `lb` host, with its configuration in a temp dir."""
 
-    def __init__(self, lab, config_text, extra_args=()):
+    def __init__(self, lab, config_text, extra_args=(), files=None):
         self.lab = lab
         self.host = lab.hosts["lb"]
         self.dir = Path(tempfile.mkdtemp(prefix="lbcore-test-"))
@@ -27,6 +27,10 @@ class Lbcore:
         self.log_path = self.dir / "lbcore.log"
         if config_text is not None:
             self.config.write_text(config_text)
+        # other files of lbcore's beside the configuration (lbcore-state.json, ...), as
+        # an earlier or later version left them
+        for name, text in (files or {}).items():
+            (self.dir / name).write_text(text)
         self.log_file = open(self.log_path, "w")
         env = dict(os.environ, LBCORE_LOG="info")
         self.process = self.host.spawn(

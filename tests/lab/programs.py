@@ -44,6 +44,7 @@ PROGRAMS = {p.name: p for p in [
     Program("umount", "/bin/umount", "mount", "tests/init data partition test"),
     Program("sfdisk", "/sbin/sfdisk", "fdisk", "tests/init data partition test: makes and checks the GPT"),
     Program("mke2fs", "/sbin/mke2fs", "e2fsprogs", "lab.vm.preload_data, tests/image slot fallback test"),
+    Program("chattr", "/usr/bin/chattr", "e2fsprogs", "tests/lbcore web API test: a directory nothing can be written to"),
     Program("depmod", "/sbin/depmod", "kmod", "tests/init module test: indexes Debian's kernel modules"),
     Program("modprobe", "/sbin/modprobe", "kmod", "tests/init module test: modprobe's own plan to compare with"),
     Program("storescp", "/usr/bin/storescp", "dcmtk", "lab.peers.storescp, tests/image/test_layer4, tests/bench"),

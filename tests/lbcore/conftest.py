@@ -38,8 +38,8 @@ def stop_test_processes(lab):
 def lbcore(lab):
     started = []
 
-    def start(config_text, extra_args=()):
-        lb = Lbcore(lab, config_text, extra_args)
+    def start(config_text, extra_args=(), files=None):
+        lb = Lbcore(lab, config_text, extra_args, files)
         started.append(lb)
         return lb
 

@@ -351,7 +351,8 @@ def test_invalid_reload_keeps_the_running_configuration(lab, lbcore, peers):
 @pytest.mark.parametrize("text,needle", [
     ("[[service]]\nlabel = \"X\"\nlayer = 9\naddress = \"10.0.0.1\"\nports = [1]\n", "layer: must be 4 or 7, got 9"),
     ("[[service]\n", "line 1"),
-    ("[[service]]\nlabel = \"X\"\nlayer = 7\naddress = \"10.0.0.1\"\nports = [1]\n[[service.real_server]]\nlabel = \"R\"\naddress = \"10.0.0.2\"\nweigth = 5\n", "weigth"),
+    # (a key lbcore does not know is not a reason to refuse the stored file at start: a
+    # newer version may have written it; tests/lbcore/test_compat.py)
 ])
 def test_bad_config_at_start_exits_with_the_reason(lab, text, needle, tmp_path):
     path = tmp_path / "bad.toml"

@@ -284,9 +284,11 @@ def test_a_configuration_that_cannot_be_saved_changes_nothing(lab, lbcore, web, 
     lb = lbcore(config())
     w = web(lb)
     w.login()
-    # the atomic write's temporary file cannot be created where a directory stands
-    blocker = lb.config.parent / f".{lb.config.name}.tmp"
-    blocker.mkdir()
+    # nothing can be created in the configuration's directory (as root, permissions do
+    # not stop a write; an immutable directory does): the atomic write's temporary file
+    # cannot be made
+    r = subprocess.run([program("chattr"), "+i", str(lb.config.parent)], capture_output=True, text=True)
+    assert r.returncode == 0, f"this file system cannot make a directory immutable: {r.stderr}"
     try:
         status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=40, port=7002)})
         assert status == 500 and "cannot save" in body["error"], (status, body)
@@ -301,7 +303,7 @@ def test_a_configuration_that_cannot_be_saved_changes_nothing(lab, lbcore, web, 
         with pytest.raises(OSError):
             connect_from(lab.hosts["client"], VIP, 7002, timeout=2).close()
     finally:
-        blocker.rmdir()
+        subprocess.run([program("chattr"), "-i", str(lb.config.parent)], check=True)
     status, _, body = w.request("PUT", "/api/config", {"text": config(weight2=40, port=7002)})
     assert status == 200, body
     assert lb.service("APP")["ports"] == [7002] and lb.server("APP", "RS2")["weight"] == 40

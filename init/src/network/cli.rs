@@ -31,7 +31,12 @@ pub fn net_apply(args: &[String]) -> i32 {
     let mut cfgs = Vec::new();
     for f in std::iter::once(file).chain(then) {
         match NetworkConfig::load(&f) {
-            Ok(c) => cfgs.push(c),
+            Ok((c, warnings)) => {
+                for w in warnings {
+                    eprintln!("init net-apply: warning: {w}");
+                }
+                cfgs.push(c)
+            }
             Err(e) => {
                 eprintln!("init net-apply: {e}");
                 return 1;

@@ -7,7 +7,7 @@
 
 pub mod address;
 pub mod cli;
-pub mod config;
+pub use appliance::files::network as config;
 pub mod dhcp;
 pub mod link;
 pub mod resolv;

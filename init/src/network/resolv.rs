@@ -1,7 +1,7 @@
 //! /etc/resolv.conf: written from the static DNS servers of the settings and those
 //! learnt over DHCP, only when its content changes, atomically.
 
-use crate::fsutil::atomic_write;
+use appliance::atomic;
 use std::net::Ipv4Addr;
 use std::path::Path;
 
@@ -27,7 +27,7 @@ pub fn write(path: &Path, servers: &[Ipv4Addr], search: &[String]) -> std::io::R
     if std::fs::read_to_string(path).ok().as_deref() == Some(text.as_str()) {
         return Ok(false);
     }
-    atomic_write(path, text.as_bytes(), 0o644).map_err(std::io::Error::other)?;
+    atomic::write(path, text.as_bytes(), 0o644).map_err(std::io::Error::other)?;
     Ok(true)
 }
 

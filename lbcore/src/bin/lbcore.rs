@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use appliance::layout::Layout;
 use clap::Parser;
 use lbcore::daemon::{self, Options};
 
@@ -16,7 +17,7 @@ struct Args {
     #[arg(long, short)]
     config: PathBuf,
     /// The control socket that lbctl talks to.
-    #[arg(long, default_value = daemon::DEFAULT_SOCKET)]
+    #[arg(long, default_value_os_t = Layout::default().lbcore_socket())]
     socket: PathBuf,
     /// Where the operator's Drain/Halt settings are kept [default: lbcore-state.json beside the configuration].
     #[arg(long)]
@@ -29,17 +30,24 @@ struct Args {
     /// host of its own: the spinning takes CPU time other VMs on the host could use.
     #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
     busy_poll_us: u64,
-    /// Only check the configuration file, print what is wrong, and exit.
+    /// Only check the configuration file, as strictly as a configuration submitted
+    /// with `lbctl apply` (a key lbcore does not know is an error), and exit.
     #[arg(long)]
     check: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    lbcore::logging::init("LBCORE_LOG");
+    appliance::logging::init("LBCORE_LOG");
 
     if args.check {
-        return match lbcore::config::load(&args.config) {
+        let checked = std::fs::read_to_string(&args.config)
+            .map_err(|e| lbcore::config::ConfigError::Read {
+                path: args.config.clone(),
+                reason: e.to_string(),
+            })
+            .and_then(|text| lbcore::config::parse(&text).map_err(|e| e.with_path(&args.config)));
+        return match checked {
             Ok(c) => {
                 println!(
                     "{}: valid, {} service(s)",

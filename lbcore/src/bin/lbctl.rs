@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use appliance::layout::Layout;
 use clap::{Parser, Subcommand};
-use lbcore::control::{self, Request, Response, Status};
-use lbcore::server::AdminState;
+use lbcore_control::status::Health;
+use lbcore_control::{AdminState, Answer, CallError, Client, Request, Status};
 
 #[derive(Parser)]
 #[command(
@@ -14,7 +15,7 @@ use lbcore::server::AdminState;
 )]
 struct Args {
     /// lbcore's control socket.
-    #[arg(long, global = true, default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, global = true, default_value_os_t = Layout::default().lbcore_socket())]
     socket: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -60,14 +61,18 @@ fn main() -> ExitCode {
         },
         Command::ShowConfig => (Request::ShowConfig, false),
     };
-    let response = match control::call(&args.socket, &request) {
-        Ok(r) => r,
+    match Client::new(&args.socket).call(&request) {
+        Ok(answer) => print_answer(&answer, json),
+        // lbcore understood and said no: the request's fault
+        Err(CallError::Refused(r)) => {
+            eprintln!("lbctl: {r}");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             eprintln!("lbctl: {e}");
-            return ExitCode::from(2);
+            ExitCode::from(2)
         }
-    };
-    print_response(&response, json)
+    }
 }
 
 fn set(service: String, server: String, state: AdminState) -> Request {
@@ -78,32 +83,24 @@ fn set(service: String, server: String, state: AdminState) -> Request {
     }
 }
 
-fn print_response(response: &Response, json: bool) -> ExitCode {
-    if !response.ok {
-        eprintln!(
-            "lbctl: {}",
-            response.error.as_deref().unwrap_or("request failed")
-        );
-        return ExitCode::FAILURE;
-    }
-    if let Some(status) = &response.status {
-        if json {
-            match serde_json::to_string_pretty(status) {
-                Ok(text) => println!("{text}"),
-                Err(e) => {
-                    eprintln!("lbctl: {e}");
-                    return ExitCode::FAILURE;
-                }
+fn print_answer(answer: &Answer, json: bool) -> ExitCode {
+    match answer {
+        Answer::Status(status) if json => match serde_json::to_string_pretty(status) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("lbctl: {e}");
+                return ExitCode::FAILURE;
             }
-        } else {
-            print!("{}", table(status));
+        },
+        Answer::Status(status) => print!("{}", table(status)),
+        Answer::Config(c) => print!("{}", c.text),
+        Answer::StateSet(s) => println!("{}", s.message),
+        Answer::Applied(a) => {
+            for w in &a.warnings {
+                eprintln!("lbctl: warning: {w}");
+            }
+            println!("{}", a.message);
         }
-    }
-    if let Some(config) = &response.config {
-        print!("{config}");
-    }
-    if let Some(message) = &response.message {
-        println!("{message}");
     }
     ExitCode::SUCCESS
 }
@@ -124,14 +121,14 @@ fn table(status: &Status) -> String {
         let up = s
             .real_servers
             .iter()
-            .filter(|r| r.health != lbcore::server::Health::Down)
+            .filter(|r| r.health != Health::Down)
             .count();
         rows.push([
             format!(
                 "{} (L{} {})",
                 s.label,
                 s.layer,
-                s.forwarding.as_deref().unwrap_or(&s.scheduler)
+                s.forwarding.map_or(s.scheduler.name(), |f| f.name())
             ),
             s.address.to_string(),
             ports.join(","),
@@ -193,6 +190,9 @@ fn table(status: &Status) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
+    for w in &status.warnings {
+        notes.push(format!("warning: {w}"));
+    }
     for n in notes {
         out.push_str(&n);
         out.push('\n');
@@ -227,7 +227,7 @@ fn ipvs_table(table: &[lbcore::ipvs::Service]) -> String {
             out.push_str(&format!(
                 "    -> {} {} weight {} upper {} lower {} active {} inactive {} persistent {}\n",
                 d.key,
-                format!("{:?}", d.spec.forward).to_lowercase(),
+                d.spec.forward.name(),
                 d.spec.weight,
                 d.spec.upper,
                 d.spec.lower,

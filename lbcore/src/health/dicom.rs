@@ -338,7 +338,8 @@ mod tests {
 
     use super::*;
     use crate::config::Probe;
-    use crate::health::testutil::{SLACK, TempDir, closed_port, free_port, local, wait_listening};
+    use crate::health::testutil::{SLACK, closed_port, free_port, local, wait_listening};
+    use tempfile::{TempDir, tempdir};
 
     const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -348,6 +349,11 @@ mod tests {
             called_ae: called_ae.into(),
         }
     }
+
+    /// dcmtk's programs (Debian package dcmtk), never others of the same name on PATH
+    /// (pynetdicom installs a `storescp` too).
+    const STORESCP: &str = "/usr/bin/storescp";
+    const DCMQRSCP: &str = "/usr/bin/dcmqrscp";
 
     /// Starts a dcmtk program on a free port and waits until it listens; it is killed when
     /// the returned handle is dropped.
@@ -368,9 +374,9 @@ mod tests {
 
     #[tokio::test]
     async fn storescp_answers_c_echo() {
-        let dir = TempDir::new("storescp");
+        let dir = tempdir().unwrap();
         let port = free_port();
-        let _scp = start("storescp", &["--aetitle", "LB-SCP"], port, &dir).await;
+        let _scp = start(STORESCP, &["--aetitle", "LB-SCP"], port, &dir).await;
         let result = crate::health::probe(&echo_probe("LB-SCP"), &local(port), TIMEOUT).await;
         assert_eq!(result, Ok(()));
         // A second probe on the same server: nothing of the first one lingers.
@@ -380,9 +386,9 @@ mod tests {
 
     #[tokio::test]
     async fn storescp_refuse_is_association_rejected() {
-        let dir = TempDir::new("storescp-refuse");
+        let dir = tempdir().unwrap();
         let port = free_port();
-        let _scp = start("storescp", &["--refuse"], port, &dir).await;
+        let _scp = start(STORESCP, &["--refuse"], port, &dir).await;
         let result = crate::health::probe(&echo_probe("LB-SCP"), &local(port), TIMEOUT).await;
         let error = result.unwrap_err();
         assert_eq!(
@@ -413,7 +419,7 @@ mod tests {
         std::fs::write(&config_path, config).unwrap();
         let config_arg = config_path.to_string_lossy().into_owned();
         start(
-            "dcmqrscp",
+            DCMQRSCP,
             &["--single-process", "-c", &config_arg],
             port,
             dir,
@@ -423,7 +429,7 @@ mod tests {
 
     #[tokio::test]
     async fn unknown_called_ae_is_rejected_and_known_one_accepted() {
-        let dir = TempDir::new("dcmqrscp");
+        let dir = tempdir().unwrap();
         let port = free_port();
         let _scp = start_dcmqrscp(&dir, port).await;
         let result = crate::health::probe(&echo_probe("NOT-THE-SCP"), &local(port), TIMEOUT).await;

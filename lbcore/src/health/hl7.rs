@@ -219,17 +219,23 @@ mod tests {
 
     const TIMEOUT: Duration = Duration::from_secs(3);
 
-    /// Starts testdata/mllp_server.py (python3-hl7) in `mode`; returns it and its port.
+    /// Starts the tests' MLLP peer (tests/peers/mllp_server.py, on python3-hl7) in
+    /// `mode`; returns it and its port.
     async fn mllp_server(mode: &str) -> (Child, u16) {
-        let script = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/src/health/testdata/mllp_server.py"
-        );
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/peers/mllp_server.py");
         // Debian's interpreter: python3-hl7 is a Debian package, and a python3 found first
         // on PATH (a virtualenv, pyenv) may not see it.
         let mut child = Command::new("/usr/bin/python3")
             .arg(script)
-            .arg(mode)
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--print-port",
+                "--mode",
+                mode,
+            ])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

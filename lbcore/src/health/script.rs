@@ -196,7 +196,8 @@ mod tests {
 
     use super::*;
     use crate::config::Probe;
-    use crate::health::testutil::{SLACK, TempDir};
+    use crate::health::testutil::SLACK;
+    use tempfile::TempDir;
 
     fn target() -> Target {
         Target {
@@ -242,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn exit_0_is_up_and_gets_ldirectord_arguments() {
-        let dir = TempDir::new("script-ok");
+        let dir = tempfile::tempdir().unwrap();
         let args = dir.path().join("args");
         let script = write_script(
             &dir,
@@ -258,7 +259,7 @@ mod tests {
 
     #[tokio::test]
     async fn exit_1_is_down_with_the_first_line_of_output() {
-        let dir = TempDir::new("script-fail");
+        let dir = tempfile::tempdir().unwrap();
         let script = write_script(
             &dir,
             "fail.sh",
@@ -279,7 +280,7 @@ mod tests {
 
     #[tokio::test]
     async fn sleeping_script_is_killed_at_the_timeout_with_its_children() {
-        let dir = TempDir::new("script-sleep");
+        let dir = tempfile::tempdir().unwrap();
         let pids = dir.path().join("pids");
         let script = write_script(
             &dir,

@@ -1,8 +1,9 @@
 //! Layer 4: the kernel's IPVS, programmed over generic netlink (family "IPVS").
 //!
 //! - [`netlink`]: generic netlink messages and a blocking socket.
-//! - this module: the IPVS table as lbcore sees it ([`Service`], [`Dest`]), its
-//!   encoding into IPVS attributes (include/uapi/linux/ip_vs.h) and the [`Ipvs`] client.
+//! - this module: the encoding of the IPVS table ([`Service`], [`Dest`]: their model
+//!   is the control protocol's, since lbcore reports the table as it reads it) into
+//!   IPVS attributes (include/uapi/linux/ip_vs.h), and the [`Ipvs`] client.
 //! - [`reconcile`]: what the table should hold for a configuration and the live server
 //!   states, and the smallest set of changes that gets the kernel there.
 //! - [`manager`]: the daemon's side: keeps the kernel in step, sysctls, SNAT rules.
@@ -15,8 +16,6 @@ pub mod snat;
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-
-use serde::{Deserialize, Serialize};
 
 pub use reconcile::Wanted;
 
@@ -71,128 +70,31 @@ const SVC_F_PERSISTENT: u32 = 0x1;
 
 const AF_INET: u16 = libc::AF_INET as u16;
 const AF_INET6: u16 = libc::AF_INET6 as u16;
-pub const IPPROTO_TCP: u16 = libc::IPPROTO_TCP as u16;
-pub const IPPROTO_UDP: u16 = libc::IPPROTO_UDP as u16;
 
-/// A virtual service in the kernel: protocol, address and port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ServiceKey {
-    pub protocol: u16,
-    pub address: IpAddr,
-    pub port: u16,
-}
+pub use lbcore_control::ipvs::{
+    Counters, Dest, DestKey, DestSpec, Forward, IPPROTO_TCP, IPPROTO_UDP, Service, ServiceKey,
+    ServiceSpec,
+};
 
-impl fmt::Display for ServiceKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.protocol {
-            IPPROTO_TCP => "TCP".to_string(),
-            IPPROTO_UDP => "UDP".to_string(),
-            p => format!("proto {p}"),
-        };
-        write!(f, "{proto} {}", socket_text(self.address, self.port))
+/// `IP_VS_CONN_F_*` of a forwarding method.
+fn forward_code(f: Forward) -> u32 {
+    match f {
+        Forward::Masq => 0,
+        Forward::Local => 1,
+        Forward::Tunnel => 2,
+        Forward::Route => 3,
+        Forward::Bypass => 4,
     }
 }
 
-fn socket_text(address: IpAddr, port: u16) -> String {
-    std::net::SocketAddr::new(address, port).to_string()
-}
-
-/// The settings of a virtual service.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ServiceSpec {
-    pub scheduler: String,
-    /// Persistence timeout in seconds; `None` = not persistent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub persistence: Option<u32>,
-    /// Prefix length whose clients share a persistence entry.
-    pub netmask: u8,
-}
-
-/// How IPVS forwards to a real server (`IP_VS_CONN_F_*` & `IP_VS_CONN_F_FWD_MASK`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Forward {
-    /// NAT (masquerading): 0.
-    Masq,
-    /// The appliance itself: 1.
-    Local,
-    /// IP-in-IP: 2.
-    Tunnel,
-    /// Direct routing: 3.
-    Route,
-    /// 4.
-    Bypass,
-}
-
-impl Forward {
-    fn code(self) -> u32 {
-        match self {
-            Forward::Masq => 0,
-            Forward::Local => 1,
-            Forward::Tunnel => 2,
-            Forward::Route => 3,
-            Forward::Bypass => 4,
-        }
+fn forward_from_code(c: u32) -> Forward {
+    match c & 0x7 {
+        1 => Forward::Local,
+        2 => Forward::Tunnel,
+        3 => Forward::Route,
+        4 => Forward::Bypass,
+        _ => Forward::Masq,
     }
-
-    fn from_code(c: u32) -> Forward {
-        match c & 0x7 {
-            1 => Forward::Local,
-            2 => Forward::Tunnel,
-            3 => Forward::Route,
-            4 => Forward::Bypass,
-            _ => Forward::Masq,
-        }
-    }
-}
-
-/// A real server of a virtual service in the kernel.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct DestKey {
-    pub address: IpAddr,
-    pub port: u16,
-}
-
-impl fmt::Display for DestKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&socket_text(self.address, self.port))
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct DestSpec {
-    pub forward: Forward,
-    pub weight: u32,
-    /// Upper connection threshold (0 = none).
-    pub upper: u32,
-    /// Lower connection threshold (0 = none).
-    pub lower: u32,
-}
-
-/// IPVS's own connection counters of one real server.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Counters {
-    pub active: u32,
-    pub inactive: u32,
-    pub persistent: u32,
-    /// Connections scheduled to this server since it entered the table.
-    #[serde(default)]
-    pub total: u64,
-}
-
-/// One virtual service as read from the kernel.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Service {
-    pub key: ServiceKey,
-    pub spec: ServiceSpec,
-    pub dests: Vec<Dest>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Dest {
-    pub key: DestKey,
-    pub spec: DestSpec,
-    pub counters: Counters,
 }
 
 /// One change to the kernel's table.
@@ -260,9 +162,7 @@ fn addr_from(af: u16, b: &[u8]) -> Option<IpAddr> {
 /// length (as the kernel and ipvsadm treat it).
 fn netmask_bytes(af: u16, prefix: u8) -> [u8; 4] {
     if af == AF_INET {
-        let p = u32::from(prefix.min(32));
-        let mask = if p == 0 { 0 } else { u32::MAX << (32 - p) };
-        mask.to_be_bytes()
+        appliance::net::prefix_to_netmask(prefix).octets()
     } else {
         u32::from(prefix.min(128)).to_ne_bytes()
     }
@@ -316,7 +216,7 @@ pub fn encode_dest(m: &mut Message, d: &DestKey, spec: Option<&DestSpec>) {
         .put(DEST_ATTR_PORT, &d.port.to_be_bytes())
         .put_u16(DEST_ATTR_ADDR_FAMILY, family_of(d.address));
     if let Some(s) = spec {
-        m.put_u32(DEST_ATTR_FWD_METHOD, s.forward.code())
+        m.put_u32(DEST_ATTR_FWD_METHOD, forward_code(s.forward))
             .put_u32(DEST_ATTR_WEIGHT, s.weight)
             .put_u32(DEST_ATTR_U_THRESH, s.upper)
             .put_u32(DEST_ATTR_L_THRESH, s.lower);
@@ -378,7 +278,7 @@ pub fn decode_dest(attrs: Attrs<'_>, service_af: u16) -> Option<Dest> {
             DEST_ATTR_ADDR => addr = Some(a.payload),
             DEST_ATTR_PORT => port = a.be16(),
             DEST_ATTR_ADDR_FAMILY => af = a.u16().unwrap_or(service_af),
-            DEST_ATTR_FWD_METHOD => spec.forward = Forward::from_code(v()),
+            DEST_ATTR_FWD_METHOD => spec.forward = forward_from_code(v()),
             DEST_ATTR_WEIGHT => spec.weight = v(),
             DEST_ATTR_U_THRESH => spec.upper = v(),
             DEST_ATTR_L_THRESH => spec.lower = v(),

@@ -245,12 +245,12 @@ min_connections = 5
     #[test]
     fn failure_removes_or_zeroes_and_admin_states() {
         let (svc, servers) = setup("");
-        servers[0].record_check(Err("refused".into()), 1, 1);
+        servers[0].record_check(Some("refused".into()), 1, 1);
         assert_eq!(weights(&desired(&svc, &servers)[0]), [(32, 100)]);
         let (svc, servers) = setup("on_failure = \"weight-zero\"");
-        servers[0].record_check(Err("refused".into()), 1, 1);
+        servers[0].record_check(Some("refused".into()), 1, 1);
         assert_eq!(weights(&desired(&svc, &servers)[0]), [(31, 0), (32, 100)]);
-        servers[0].record_check(Ok(()), 1, 1);
+        servers[0].record_check(None, 1, 1);
         servers[0].set_admin(AdminState::Drain);
         servers[1].set_admin(AdminState::Halt);
         // DS1 drained (weight 0), DS2 halted (gone): nobody takes new clients, so the

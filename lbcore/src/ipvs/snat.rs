@@ -45,31 +45,44 @@ pub fn ruleset(services: &[Wanted]) -> String {
     s
 }
 
+/// `nft` as the image installs it (image/programs.txt); not whatever is first on PATH.
+pub const NFT: &str = "/usr/sbin/nft";
+
+/// Why the SNAT rules could not be applied.
+#[derive(Debug, thiserror::Error)]
+pub enum SnatError {
+    #[error("cannot run {NFT} for the SNAT rules: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("cannot pass the SNAT rules to nft: {0}")]
+    Pipe(#[source] std::io::Error),
+    #[error("nft did not finish: {0}")]
+    Wait(#[source] std::io::Error),
+    #[error("nft refused the SNAT rules ({status}): {stderr}")]
+    Refused { status: String, stderr: String },
+}
+
 /// Applies `script` with `nft -f -`.
-pub fn apply(script: &str) -> Result<(), String> {
-    let mut child = Command::new("nft")
+pub fn apply(script: &str) -> Result<(), SnatError> {
+    let mut child = Command::new(NFT)
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("cannot run nft for the SNAT rules: {e}"))?;
+        .map_err(SnatError::Spawn)?;
     if let Some(mut stdin) = child.stdin.take() {
         stdin
             .write_all(script.as_bytes())
-            .map_err(|e| format!("cannot pass the SNAT rules to nft: {e}"))?;
+            .map_err(SnatError::Pipe)?;
     }
-    let out = child
-        .wait_with_output()
-        .map_err(|e| format!("nft did not finish: {e}"))?;
+    let out = child.wait_with_output().map_err(SnatError::Wait)?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(format!(
-            "nft refused the SNAT rules ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
+        Err(SnatError::Refused {
+            status: out.status.to_string(),
+            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
     }
 }
 
@@ -124,7 +137,7 @@ mod tests {
     /// The script is valid nftables syntax (checked by nft itself, without applying).
     #[test]
     fn nft_accepts_the_script() {
-        if Command::new("nft").arg("--version").output().is_err() {
+        if Command::new(NFT).arg("--version").output().is_err() {
             eprintln!("nft not installed; skipped");
             return;
         }
@@ -154,7 +167,7 @@ mod tests {
             .into(),
         };
         let script = ruleset(&[w]);
-        let mut child = Command::new("nft")
+        let mut child = Command::new(NFT)
             .args(["-c", "-f", "-"])
             .stdin(Stdio::piped())
             .stderr(Stdio::piped())

@@ -21,37 +21,44 @@ impl Span {
     }
 }
 
+/// Why text is not a duration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    #[error(
+        "`{0}` is not a duration: write a whole number with a unit, such as \"2s\", \"500ms\", \"5m\""
+    )]
+    NotADuration(String),
+    #[error("`{0}` is too large for a duration")]
+    TooLarge(String),
+    #[error("`{0}`: unknown unit `{1}` (use ms, s, m, h or d)")]
+    Unit(String, String),
+}
+
 /// Parses `"<number><unit>"` with unit one of `ms`, `s`, `m`, `h`, `d`; no unit means seconds.
-pub fn parse(text: &str) -> Result<Duration, String> {
+pub fn parse(text: &str) -> Result<Duration, DurationError> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let (digits, unit) = text.split_at(split);
     if digits.is_empty() {
-        return Err(format!(
-            "`{text}` is not a duration: write a whole number with a unit, such as \"2s\", \"500ms\", \"5m\""
-        ));
+        return Err(DurationError::NotADuration(text.to_string()));
     }
     let value: u64 = digits
         .parse()
-        .map_err(|_| format!("`{text}` is too large for a duration"))?;
+        .map_err(|_| DurationError::TooLarge(text.to_string()))?;
     let millis_per_unit: u64 = match unit.trim() {
         "ms" => 1,
         "" | "s" => 1_000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        other => {
-            return Err(format!(
-                "`{text}`: unknown unit `{other}` (use ms, s, m, h or d)"
-            ));
-        }
+        other => return Err(DurationError::Unit(text.to_string(), other.to_string())),
     };
     value
         .checked_mul(millis_per_unit)
         .map(Duration::from_millis)
-        .ok_or_else(|| format!("`{text}` is too large for a duration"))
+        .ok_or_else(|| DurationError::TooLarge(text.to_string()))
 }
 
 /// Formats a duration in the largest unit that represents it exactly.
@@ -124,12 +131,23 @@ mod tests {
 
     #[test]
     fn refuses_nonsense() {
-        assert!(parse("fast").unwrap_err().contains("not a duration"));
-        assert!(parse("3 weeks").unwrap_err().contains("unknown unit"));
+        assert!(
+            parse("fast")
+                .unwrap_err()
+                .to_string()
+                .contains("not a duration")
+        );
+        assert!(
+            parse("3 weeks")
+                .unwrap_err()
+                .to_string()
+                .contains("unknown unit")
+        );
         assert!(parse("-1s").is_err());
         assert!(
             parse("99999999999999999999s")
                 .unwrap_err()
+                .to_string()
                 .contains("too large")
         );
     }

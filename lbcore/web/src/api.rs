@@ -28,8 +28,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
 use super::auth::{self, Auth, LoginError, Session, Use};
-use crate::control;
-use crate::server::AdminState;
+use lbcore_control::{AdminState, CallError, Client, RefusalKind};
 
 /// `__Host-`: browsers accept the cookie only from this host, over HTTPS, for the whole
 /// site, so a neighbouring host name cannot plant or shadow a session.
@@ -143,7 +142,7 @@ struct StateBody {
 pub struct Api {
     auth: Auth,
     /// lbcore's control socket.
-    control: PathBuf,
+    control: Client,
     /// Held from the version check of a PUT to its end, so that two edits cannot both
     /// pass the check.
     editing: tokio::sync::Mutex<()>,
@@ -153,7 +152,7 @@ impl Api {
     pub fn new(auth: Auth, control: PathBuf) -> Api {
         Api {
             auth,
-            control,
+            control: Client::new(control),
             editing: tokio::sync::Mutex::new(()),
         }
     }
@@ -229,10 +228,7 @@ impl Api {
             ["api", "status"] => {
                 allow(&req, &[Method::GET], "GET")?;
                 self.session(&req, Use::Poll)?;
-                let answer = self.ask(control::Request::Status).await?;
-                let status = answer.status.ok_or_else(|| {
-                    Failure::new(StatusCode::BAD_GATEWAY, "lbcore sent no status")
-                })?;
+                let status = self.ask(|c| c.status()).await?;
                 Ok(json(StatusCode::OK, &status))
             }
             ["api", "config"] if req.method() == Method::GET => {
@@ -260,14 +256,13 @@ impl Api {
                     }
                 }
                 let version = version_of(&body.text);
-                let answer = self
-                    .ask(control::Request::Apply { config: body.text })
-                    .await?;
-                info!(user = %s.user, %peer, "configuration applied: {}", answer.message.as_deref().unwrap_or(""));
+                let text = body.text;
+                let applied = self.ask(move |c| c.apply(&text)).await?;
+                info!(user = %s.user, %peer, "configuration applied: {}", applied.message);
                 Ok(json(
                     StatusCode::OK,
                     &AppliedBody {
-                        message: answer.message.unwrap_or_default(),
+                        message: applied.message,
                         version,
                     },
                 ))
@@ -277,16 +272,16 @@ impl Api {
                 let (_, s) = self.change(&req)?;
                 let (service, server) = (service.to_string(), server.to_string());
                 let body: StateBody = read_json(req, MAX_SMALL_BODY).await?;
-                let answer = self
-                    .ask(control::Request::SetState {
-                        service,
-                        server,
-                        state: body.state,
-                    })
+                let set = self
+                    .ask(move |c| c.set_state(&service, &server, body.state))
                     .await?;
-                let message = answer.message.unwrap_or_default();
-                info!(user = %s.user, %peer, "{message}");
-                Ok(json(StatusCode::OK, &MessageBody { message }))
+                info!(user = %s.user, %peer, "{}", set.message);
+                Ok(json(
+                    StatusCode::OK,
+                    &MessageBody {
+                        message: set.message,
+                    },
+                ))
             }
             ["api", ..] => Err(Failure::new(StatusCode::NOT_FOUND, "no such API path")),
             _ => Err(Failure::new(StatusCode::NOT_FOUND, "not found")),
@@ -338,8 +333,7 @@ impl Api {
     }
 
     async fn config_text(&self) -> Result<String, Failure> {
-        let answer = self.ask(control::Request::ShowConfig).await?;
-        Ok(answer.config.unwrap_or_default())
+        self.ask(|c| c.show_config()).await
     }
 
     /// The caller's session (cookie value and session), or 401.
@@ -373,31 +367,37 @@ impl Api {
         Ok((token, session))
     }
 
-    /// One request to lbcore; a refusal becomes 422 (invalid), 404 (no such service or
-    /// server) or 500 (lbcore could not save it), with lbcore's reason.
-    async fn ask(&self, request: control::Request) -> Result<control::Response, Failure> {
-        let socket = self.control.clone();
-        let answer = tokio::task::spawn_blocking(move || control::call(&socket, &request))
+    /// One request to lbcore (a blocking call, off the async threads); a refusal
+    /// becomes 422 (invalid), 404 (no such service or server) or 500 (lbcore could not
+    /// carry it out), with lbcore's reason.
+    async fn ask<T: Send + 'static>(
+        &self,
+        call: impl FnOnce(&Client) -> Result<T, CallError> + Send + 'static,
+    ) -> Result<T, Failure> {
+        let client = self.control.clone();
+        tokio::task::spawn_blocking(move || call(&client))
             .await
             .map_err(|e| Failure::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
             .map_err(|e| match e {
-                control::ClientError::Connect { .. } => {
+                CallError::Connect { .. } => {
                     Failure::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
                 }
-                _ => Failure::new(StatusCode::BAD_GATEWAY, e.to_string()),
-            })?;
-        if answer.ok {
-            return Ok(answer);
-        }
-        let status = match answer.refusal {
-            Some(control::Refusal::NotFound) => StatusCode::NOT_FOUND,
-            Some(control::Refusal::Failed) => StatusCode::INTERNAL_SERVER_ERROR,
-            Some(control::Refusal::Invalid) | None => StatusCode::UNPROCESSABLE_ENTITY,
-        };
-        Err(Failure::new(
-            status,
-            answer.error.unwrap_or_else(|| "refused".into()),
-        ))
+                CallError::Refused(r) => {
+                    let status = match r.kind {
+                        RefusalKind::NotFound => StatusCode::NOT_FOUND,
+                        RefusalKind::Failed => StatusCode::INTERNAL_SERVER_ERROR,
+                        RefusalKind::Invalid | RefusalKind::TooLong => {
+                            StatusCode::UNPROCESSABLE_ENTITY
+                        }
+                        // lbweb asked something this lbcore does not know: lbweb's fault
+                        RefusalKind::Unsupported => StatusCode::BAD_GATEWAY,
+                    };
+                    Failure::new(status, r.reason)
+                }
+                CallError::Io(_) | CallError::Protocol(_) => {
+                    Failure::new(StatusCode::BAD_GATEWAY, e.to_string())
+                }
+            })
     }
 }
 

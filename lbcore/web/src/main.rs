@@ -1,14 +1,14 @@
 //! `lbweb`: the appliance's HTTPS JSON API (port 9443). Runs in the foreground and
-//! logs to stderr; see `lbcore::web` for the routes.
+//! logs to stderr; the library's `api` module lists the routes.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use appliance::layout::Layout;
 use clap::Parser;
-use lbcore::control;
-use lbcore::web::{self, Options};
+use lbweb::Options;
 
 #[derive(Parser)]
 #[command(
@@ -20,13 +20,13 @@ struct Args {
     #[arg(long, default_value = "0.0.0.0:9443")]
     listen: SocketAddr,
     /// lbcore's control socket.
-    #[arg(long, default_value = control::DEFAULT_SOCKET)]
+    #[arg(long, default_value_os_t = Layout::default().lbcore_socket())]
     socket: PathBuf,
     /// The admin account written by the console wizard.
-    #[arg(long, default_value = "/data/config/admin.toml")]
+    #[arg(long, default_value_os_t = Layout::default().admin_config())]
     admin: PathBuf,
     /// Directory of cert.pem and key.pem (a self-signed pair is made when absent).
-    #[arg(long, default_value = "/data/tls")]
+    #[arg(long, default_value_os_t = Layout::default().tls_dir())]
     tls_dir: PathBuf,
     /// Minutes without use after which a session ends.
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..=1440))]
@@ -38,7 +38,7 @@ struct Args {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    lbcore::logging::init("LBWEB_LOG");
+    appliance::logging::init("LBWEB_LOG");
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -57,7 +57,7 @@ fn main() -> ExitCode {
         session_idle: Duration::from_secs(args.session_idle_minutes * 60),
         session_lifetime: Duration::from_secs(args.session_hours * 3600),
     };
-    match runtime.block_on(web::run(options)) {
+    match runtime.block_on(lbweb::run(options)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lbweb: {e:#}");

@@ -2,9 +2,10 @@
 //!
 //! Everything the appliance keeps lives on the `/data` partition (ext4, label
 //! [`DATA_LABEL`]); the root file system is an initramfs in RAM and nothing of it
-//! survives a reboot. The web UI, the update agent, lbcore and init all find their
-//! files through this module (or through `init/README.md`, which describes the same
-//! paths for programs that are not written in Rust).
+//! survives a reboot. init, lbcore, lbctl, lbweb and the coming update agent and
+//! firewall all find their files through this module (`init/README.md` describes the
+//! same paths for programs that are not written in Rust); the model of each file is
+//! in [`crate::files`].
 //!
 //! Paths are relative to a data root (`/data` on the appliance) and a run directory
 //! (`/run`), so that tests can point them somewhere else.
@@ -27,6 +28,20 @@ pub const MODULES_FILE: &str = "etc/init/modules";
 pub const VERSION_FILE: &str = "etc/version";
 /// Port of the web UI, shown on the console's status screen.
 pub const WEB_UI_PORT: u16 = 9443;
+/// The operator's Drain/Halt settings, beside lbcore's configuration file.
+pub const LBCORE_STATE_FILE: &str = "lbcore-state.json";
+/// The IPVS services lbcore made, beside lbcore's configuration file.
+pub const LBCORE_IPVS_FILE: &str = "lbcore-ipvs.json";
+/// The web UI's certificate (PEM chain) in the TLS directory.
+pub const TLS_CERT_FILE: &str = "cert.pem";
+/// The web UI's private key (PEM, mode 0600) in the TLS directory.
+pub const TLS_KEY_FILE: &str = "key.pem";
+
+/// A file of lbcore's that lives beside its configuration file (lbcore can be told to
+/// use another configuration path; its state follows it).
+pub fn beside_lbcore_config(config: &Path, file: &str) -> PathBuf {
+    config.with_file_name(file)
+}
 
 /// Paths below the data root and the run directory.
 #[derive(Debug, Clone)]
@@ -81,6 +96,16 @@ impl Layout {
         self.config_dir().join("lbcore.toml")
     }
 
+    /// The operator's Drain/Halt settings: `/data/config/lbcore-state.json`.
+    pub fn lbcore_state(&self) -> PathBuf {
+        self.config_dir().join(LBCORE_STATE_FILE)
+    }
+
+    /// The IPVS services lbcore made: `/data/config/lbcore-ipvs.json`.
+    pub fn lbcore_ipvs(&self) -> PathBuf {
+        self.config_dir().join(LBCORE_IPVS_FILE)
+    }
+
     /// Logs: `/data/log`.
     pub fn log_dir(&self) -> PathBuf {
         self.data.join("log")
@@ -133,6 +158,14 @@ mod tests {
         assert_eq!(l.network_config(), Path::new("/data/config/network.toml"));
         assert_eq!(l.admin_config(), Path::new("/data/config/admin.toml"));
         assert_eq!(l.lbcore_config(), Path::new("/data/config/lbcore.toml"));
+        assert_eq!(
+            l.lbcore_state(),
+            Path::new("/data/config/lbcore-state.json")
+        );
+        assert_eq!(
+            beside_lbcore_config(&l.lbcore_config(), LBCORE_IPVS_FILE),
+            l.lbcore_ipvs()
+        );
         assert_eq!(l.init_log(), Path::new("/data/log/init.log"));
         assert_eq!(l.updates_dir(), Path::new("/data/updates"));
         assert_eq!(l.tls_dir(), Path::new("/data/tls"));

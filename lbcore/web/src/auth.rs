@@ -1,5 +1,6 @@
 //! Who may use the API: the admin account that the console wizard wrote
-//! (`/data/config/admin.toml`, an argon2id hash; written by init's `admin` module),
+//! (`/data/config/admin.toml`, an argon2id hash; its model is
+//! `appliance::files::admin`),
 //! sessions held in memory behind a random cookie, a CSRF token per session, and a
 //! brake on guessing passwords.
 //!
@@ -13,9 +14,8 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::PasswordVerifier;
+use appliance::files::admin::{self, AdminError, AdminFile};
 use ring::rand::{SecureRandom, SystemRandom};
-use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 /// Failed logins from one address before it must wait.
@@ -26,13 +26,6 @@ const LOCKOUT: Duration = Duration::from_secs(60);
 const MAX_SESSIONS: usize = 64;
 /// Addresses with failed logins remembered at most (a flood cannot grow memory).
 const MAX_TRACKED: usize = 4096;
-
-/// The contents of admin.toml (the format init's wizard writes).
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-struct AdminFile {
-    user: String,
-    password_hash: String,
-}
 
 #[derive(Debug, Clone)]
 pub struct Session {
@@ -130,10 +123,10 @@ impl Auth {
                 if let Some(f) = self.lock_failures().get_mut(&peer) {
                     f.count = 0;
                 }
-                let token = self.token().map_err(LoginError::Account)?;
+                let token = self.token()?;
                 let session = Session {
                     user: account.user.clone(),
-                    csrf: self.token().map_err(LoginError::Account)?,
+                    csrf: self.token()?,
                     created: now,
                     last_used: now,
                     account,
@@ -240,11 +233,11 @@ impl Auth {
     }
 
     /// 32 random bytes as hex.
-    fn token(&self) -> Result<String, String> {
+    fn token(&self) -> Result<String, LoginError> {
         let mut bytes = [0u8; 32];
         self.random
             .fill(&mut bytes)
-            .map_err(|_| "the system's random source failed".to_string())?;
+            .map_err(|_| LoginError::Account("the system's random source failed".into()))?;
         Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
     }
 
@@ -272,31 +265,25 @@ impl Drop for InFlight<'_> {
 }
 
 fn read_account(path: &std::path::Path) -> Result<AdminFile, LoginError> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(LoginError::NoAccount),
-        Err(e) => return Err(LoginError::Account(format!("{}: {e}", path.display()))),
-    };
-    toml::from_str(&text)
-        .map_err(|e| LoginError::Account(format!("{}: {}", path.display(), e.message())))
+    match AdminFile::load(path) {
+        Ok((account, _)) => Ok(account),
+        Err(AdminError::Missing(_)) => Err(LoginError::NoAccount),
+        Err(e) => Err(LoginError::Account(e.to_string())),
+    }
 }
 
 /// Checks a login against the account file; returns the account on success.
 fn check(path: &std::path::Path, user: &str, password: &str) -> Result<AdminFile, LoginError> {
     let account = read_account(path)?;
-    // A damaged hash is the file's fault, not the operator's: saying "wrong password"
-    // would send them guessing into the lockout.
-    let hash = argon2::PasswordHash::new(&account.password_hash).map_err(|e| {
+    // the hash is checked even for a wrong user name, so that the answer's timing does
+    // not tell which of the two was wrong; a damaged hash is the file's fault, not the
+    // operator's: saying "wrong password" would send them guessing into the lockout
+    let password_ok = admin::verify_password(password, &account.password_hash).map_err(|e| {
         LoginError::Account(format!(
             "{}: password_hash is not an argon2 hash ({e}); set the password again on the console",
             path.display()
         ))
     })?;
-    // the hash is checked even for a wrong user name, so that the answer's timing does
-    // not tell which of the two was wrong
-    let password_ok = argon2::Argon2::default()
-        .verify_password(password.as_bytes(), &hash)
-        .is_ok();
     if password_ok && same(user.as_bytes(), account.user.as_bytes()) {
         Ok(account)
     } else {
@@ -312,14 +299,10 @@ pub fn same(a: &[u8], b: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use argon2::password_hash::PasswordHasher;
 
-    fn account(name: &str, password: &str) -> PathBuf {
-        let path = std::env::temp_dir().join(format!("lbweb-admin-{name}-{}", std::process::id()));
-        let hash = argon2::Argon2::default()
-            .hash_password(password.as_bytes())
-            .unwrap()
-            .to_string();
+    fn account(dir: &tempfile::TempDir, password: &str) -> PathBuf {
+        let path = dir.path().join("admin.toml");
+        let hash = admin::hash_password(password).unwrap();
         std::fs::write(
             &path,
             format!("user = \"admin\"\npassword_hash = \"{hash}\"\n"),
@@ -346,7 +329,8 @@ mod tests {
 
     #[tokio::test]
     async fn login_checks_user_and_password() {
-        let path = account("login", "correct horse");
+        let dir = tempfile::tempdir().unwrap();
+        let path = account(&dir, "correct horse");
         let auth = auth_for(&path);
         assert_eq!(
             auth.login("admin", "wrong horse", PEER).await.unwrap_err(),
@@ -362,12 +346,12 @@ mod tests {
         assert_eq!(auth.session(&token, Use::Operator).unwrap().user, "admin");
         auth.logout(&token);
         assert!(auth.session(&token, Use::Operator).is_none());
-        std::fs::remove_file(path).unwrap();
     }
 
     #[tokio::test]
     async fn sessions_end_when_idle_and_after_their_lifetime() {
-        let path = account("expiry", "correct horse");
+        let dir = tempfile::tempdir().unwrap();
+        let path = account(&dir, "correct horse");
         let auth = Auth::new(
             path.clone(),
             Duration::from_secs(60),
@@ -393,12 +377,12 @@ mod tests {
             &acct,
             Use::Operator
         ));
-        std::fs::remove_file(path).unwrap();
     }
 
     #[tokio::test]
     async fn a_damaged_hash_is_not_reported_as_a_wrong_password() {
-        let path = account("damaged", "correct horse");
+        let dir = tempfile::tempdir().unwrap();
+        let path = account(&dir, "correct horse");
         std::fs::write(
             &path,
             "user = \"admin\"\npassword_hash = \"$argon2id$garbage\"\n",
@@ -413,12 +397,12 @@ mod tests {
                 other => panic!("expected an account error, got {other:?}"),
             }
         }
-        std::fs::remove_file(path).unwrap();
     }
 
     #[tokio::test]
     async fn status_polling_does_not_keep_a_session_alive() {
-        let path = account("poll", "correct horse");
+        let dir = tempfile::tempdir().unwrap();
+        let path = account(&dir, "correct horse");
         let acct = read_account(&path).unwrap();
         let auth = auth_for(&path);
         let (token, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
@@ -429,17 +413,17 @@ mod tests {
         }
         let at = t0 + Duration::from_secs(61);
         assert!(!valid_at(&auth, &token, at, &acct, Use::Poll));
-        std::fs::remove_file(path).unwrap();
     }
 
     #[tokio::test]
     async fn a_password_reset_ends_the_sessions_opened_before_it() {
-        let path = account("reset", "correct horse");
+        let dir = tempfile::tempdir().unwrap();
+        let path = account(&dir, "correct horse");
         let auth = auth_for(&path);
         let (old, _) = auth.login("admin", "correct horse", PEER).await.unwrap();
         assert!(auth.session(&old, Use::Operator).is_some());
         // what the console's password reset does: a new hash in the same file
-        let again = account("reset", "battery staple");
+        let again = account(&dir, "battery staple");
         assert_eq!(again, path);
         assert!(auth.session(&old, Use::Operator).is_none());
         let (new, _) = auth.login("admin", "battery staple", PEER).await.unwrap();
@@ -453,7 +437,8 @@ mod tests {
 
     #[tokio::test]
     async fn guessing_locks_the_address_out() {
-        let path = account("lockout", "correct horse");
+        let dir = tempfile::tempdir().unwrap();
+        let path = account(&dir, "correct horse");
         let auth = auth_for(&path);
         for _ in 0..MAX_FAILURES {
             assert_eq!(
@@ -467,12 +452,12 @@ mod tests {
         ));
         let other: IpAddr = "10.0.0.10".parse().unwrap();
         assert!(auth.login("admin", "correct horse", other).await.is_ok());
-        std::fs::remove_file(path).unwrap();
     }
 
     #[tokio::test]
     async fn parallel_guesses_from_one_address_are_checked_one_at_a_time() {
-        let path = account("parallel", "correct horse");
+        let dir = tempfile::tempdir().unwrap();
+        let path = account(&dir, "correct horse");
         let auth = std::sync::Arc::new(auth_for(&path));
         let tries: Vec<_> = (0..20)
             .map(|_| {
@@ -490,7 +475,6 @@ mod tests {
             wrong <= MAX_FAILURES as usize,
             "{wrong} guesses were checked"
         );
-        std::fs::remove_file(path).unwrap();
     }
 
     #[tokio::test]

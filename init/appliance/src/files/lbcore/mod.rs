@@ -1,21 +1,29 @@
-//! The configuration model of the load-balancing core: virtual services, their real
+//! lbcore's configuration (`/data/config/lbcore.toml`): virtual services, their real
 //! servers, health checks, persistence and fallback.
 //!
-//! The file on `/data` is TOML ([`file`] holds its exact shape); [`load`] and [`parse`]
+//! The file is TOML (`file.rs` holds its exact shape); [`load`], [`read`] and [`parse`]
 //! turn it into the validated model below, or into a [`ConfigError`] that names the
-//! service, the field and what is wrong, with the line and column where known. Nothing
-//! else in lbcore reads the file: every rule about what is valid lives in `file.rs`.
+//! service, the field and what is wrong, with the line and column where known. Every
+//! rule about what is valid lives in `file.rs`. lbcore keeps the text as it was
+//! submitted, so keys of a newer version survive a rollback untouched; reading the
+//! stored file only warns about them ([`crate::files`] has the rules).
 
 pub mod duration;
 mod file;
+
+use crate::files::{Strictness, Warning};
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 pub use duration::Span;
+
+/// The format this version reads and writes (`format = 1` at the top of the file;
+/// absent means this one).
+pub const FORMAT: u32 = 1;
 
 /// A validated configuration.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -62,17 +70,29 @@ impl Layer {
 }
 
 /// How a Layer 4 service forwards packets to its real servers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Forwarding {
+    #[serde(alias = "dr")]
     DirectRouting,
+    #[serde(alias = "masq")]
     Nat,
     Snat,
 }
 
+impl Forwarding {
+    pub fn name(self) -> &'static str {
+        match self {
+            Forwarding::DirectRouting => "direct-routing",
+            Forwarding::Nat => "nat",
+            Forwarding::Snat => "snat",
+        }
+    }
+}
+
 /// What IPVS does with a Layer 4 real server whose health check fails (keepalived's
 /// `inhibit_on_failure` is `WeightZero`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum OnFailure {
     /// The server leaves the IPVS table; with `expire_nodest_conn` its connections and
@@ -80,6 +100,7 @@ pub enum OnFailure {
     #[default]
     Remove,
     /// The server stays with weight 0: no new clients, established flows stay.
+    #[serde(alias = "inhibit")]
     WeightZero,
 }
 
@@ -110,7 +131,8 @@ impl Default for ProxySettings {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+/// How a service picks a real server for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Scheduler {
     /// Round robin (weights ignored).
@@ -125,6 +147,12 @@ pub enum Scheduler {
     Sh,
     /// Maglev hashing (Layer 4 only).
     Mh,
+}
+
+impl std::fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 impl Scheduler {
@@ -239,16 +267,56 @@ pub enum Probe {
     Script { path: PathBuf },
 }
 
-impl Probe {
-    pub fn kind(&self) -> &'static str {
+/// The kind of a health check, as the configuration names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckKind {
+    None,
+    Tcp,
+    #[serde(alias = "icmp")]
+    Ping,
+    #[serde(alias = "dicom", alias = "c-echo")]
+    DicomEcho,
+    #[serde(alias = "mllp")]
+    Hl7,
+    Http,
+    Https,
+    #[serde(alias = "external")]
+    Script,
+}
+
+impl CheckKind {
+    pub fn name(self) -> &'static str {
         match self {
-            Probe::None => "none",
-            Probe::Tcp => "tcp",
-            Probe::Ping => "ping",
-            Probe::DicomEcho { .. } => "dicom-echo",
-            Probe::Hl7 { .. } => "hl7",
-            Probe::Http { .. } => "http",
-            Probe::Script { .. } => "script",
+            CheckKind::None => "none",
+            CheckKind::Tcp => "tcp",
+            CheckKind::Ping => "ping",
+            CheckKind::DicomEcho => "dicom-echo",
+            CheckKind::Hl7 => "hl7",
+            CheckKind::Http => "http",
+            CheckKind::Https => "https",
+            CheckKind::Script => "script",
+        }
+    }
+}
+
+impl std::fmt::Display for CheckKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl Probe {
+    pub fn kind(&self) -> CheckKind {
+        match self {
+            Probe::None => CheckKind::None,
+            Probe::Tcp => CheckKind::Tcp,
+            Probe::Ping => CheckKind::Ping,
+            Probe::DicomEcho { .. } => CheckKind::DicomEcho,
+            Probe::Hl7 { .. } => CheckKind::Hl7,
+            Probe::Http { tls: false, .. } => CheckKind::Http,
+            Probe::Http { tls: true, .. } => CheckKind::Https,
+            Probe::Script { .. } => CheckKind::Script,
         }
     }
 }
@@ -314,28 +382,58 @@ impl ConfigError {
     }
 }
 
-/// Reads and validates the configuration file at `path`.
-pub fn load(path: &Path) -> Result<Config, ConfigError> {
+/// Reads and validates the configuration file at `path`, as stored on /data: keys
+/// this version does not know are warnings.
+pub fn load(path: &Path) -> Result<(Config, Vec<Warning>), ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
         path: path.to_path_buf(),
         reason: e.to_string(),
     })?;
-    parse(&text).map_err(|e| e.with_path(path))
+    read(&text, Strictness::Stored, &path.display().to_string()).map_err(|e| e.with_path(path))
 }
 
 /// Like [`load`], but a file that does not exist yet is an empty configuration: a fresh
 /// appliance runs lbcore before anyone has configured a service. The flag says so.
-pub fn load_or_empty(path: &Path) -> Result<(Config, bool), ConfigError> {
+pub fn load_or_empty(path: &Path) -> Result<(Config, Vec<Warning>, bool), ConfigError> {
     match std::fs::metadata(path) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok((Config::default(), true)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok((Config::default(), Vec::new(), true))
+        }
         // Anything else (permissions, I/O) is an error that load() reports in full.
-        _ => load(path).map(|c| (c, false)),
+        _ => load(path).map(|(c, w)| (c, w, false)),
     }
 }
 
-/// Validates configuration text.
+/// Validates configuration text that a person or a client submitted: a key this
+/// version does not know is refused by name (a misspelt `weigth = 100` must not pass
+/// as a warning nobody reads).
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
-    file::parse(text)
+    read(text, Strictness::Submitted, "").map(|(c, _)| c)
+}
+
+/// Validates configuration text read as `strictness` says; `origin` names the file in
+/// warnings.
+pub fn read(
+    text: &str,
+    strictness: Strictness,
+    origin: &str,
+) -> Result<(Config, Vec<Warning>), ConfigError> {
+    let (config, unknown, newer) = file::parse(text, strictness)?;
+    let mut warnings: Vec<Warning> = unknown
+        .iter()
+        .map(|u| {
+            let (at, message) = file::unknown_warning(u);
+            Warning {
+                file: origin.to_string(),
+                at,
+                message,
+            }
+        })
+        .collect();
+    if let Some(format) = newer {
+        warnings.extend(crate::files::newer_format(origin, format, FORMAT));
+    }
+    Ok((config, warnings))
 }
 
 impl Config {

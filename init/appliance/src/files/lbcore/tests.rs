@@ -69,7 +69,7 @@ fn issue_example_parses() {
 
 #[test]
 fn guide_example_parses() {
-    let text = include_str!("../../examples/guide.toml");
+    let text = include_str!("../../../../../lbcore/examples/guide.toml");
     let c = parse(text).unwrap();
     let dicom = c.service("DS_DICOM").unwrap();
     assert_eq!(

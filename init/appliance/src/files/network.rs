@@ -1,8 +1,9 @@
 //! The network settings file (`/data/config/network.toml`): its model, parsing and
-//! validation. The console wizard writes it, the web UI rewrites it, and
-//! [`crate::network::apply`] makes the kernel match it.
+//! validation. The console wizard writes it, the web UI rewrites it, and init's
+//! `network::apply` makes the kernel match it.
 //!
 //! ```toml
+//! format = 1
 //! hostname = "lb1"
 //! dns = ["192.0.2.53"]
 //! search = ["example.org"]
@@ -33,101 +34,14 @@
 //! ```
 
 use serde::{Deserialize, Serialize};
-use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::Path;
-use std::str::FromStr;
 
-/// An IPv4 address with its prefix length, written `192.0.2.10/24`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Ipv4Cidr {
-    pub addr: Ipv4Addr,
-    pub prefix: u8,
-}
+use super::{Strictness, Unknown, Warning};
+pub use crate::net::{Ipv4Cidr, netmask_to_prefix};
 
-impl Ipv4Cidr {
-    /// The netmask as an integer.
-    pub fn mask(&self) -> u32 {
-        if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
-        }
-    }
-    /// The network address.
-    pub fn network(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) & self.mask())
-    }
-    /// The broadcast address.
-    pub fn broadcast(&self) -> Ipv4Addr {
-        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
-    }
-    /// Whether `ip` lies in this subnet.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.addr) & self.mask()
-    }
-}
-
-impl fmt::Display for Ipv4Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-/// Turn a dotted netmask into a prefix length, refusing non-contiguous masks.
-pub fn netmask_to_prefix(mask: Ipv4Addr) -> Option<u8> {
-    let m = u32::from(mask);
-    let prefix = m.leading_ones();
-    (m.checked_shl(prefix).unwrap_or(0) == 0).then_some(prefix as u8)
-}
-
-impl FromStr for Ipv4Cidr {
-    type Err = String;
-    /// `a.b.c.d/24`, `a.b.c.d/255.255.255.0` or `a.b.c.d 255.255.255.0`.
-    fn from_str(s: &str) -> Result<Self, String> {
-        let s = s.trim();
-        let (a, p) = match s.split_once('/') {
-            Some((a, p)) => (a.trim(), p.trim()),
-            None => match s.split_once(char::is_whitespace) {
-                Some((a, p)) => (a.trim(), p.trim()),
-                None => {
-                    if s.parse::<Ipv4Addr>().is_ok() {
-                        return Err(format!(
-                            "prefix or netmask missing (e.g. {s}/24 or {s} 255.255.255.0)"
-                        ));
-                    }
-                    (s, "")
-                }
-            },
-        };
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("not an IPv4 address: {a:?}"))?;
-        let prefix = if p.contains('.') {
-            let mask: Ipv4Addr = p.parse().map_err(|_| format!("not a netmask: {p:?}"))?;
-            netmask_to_prefix(mask).ok_or_else(|| format!("netmask {p} is not contiguous"))?
-        } else {
-            p.parse::<u8>()
-                .ok()
-                .filter(|n| *n <= 32)
-                .ok_or_else(|| format!("prefix must be a number from 0 to 32, not {p:?}"))?
-        };
-        Ok(Ipv4Cidr { addr, prefix })
-    }
-}
-
-impl Serialize for Ipv4Cidr {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for Ipv4Cidr {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        s.parse().map_err(serde::de::Error::custom)
-    }
-}
+/// The format this version writes.
+pub const FORMAT: u32 = 1;
 
 /// What kind of link an interface is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -159,7 +73,6 @@ pub enum BondMode {
 
 /// One interface's settings.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Interface {
     pub name: String,
     #[serde(default, skip_serializing_if = "is_default")]
@@ -180,6 +93,9 @@ pub struct Interface {
     pub members: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bond_mode: Option<BondMode>,
+    /// Keys of a newer version, kept when the file is rewritten.
+    #[serde(flatten)]
+    pub unknown: Unknown<toml::Value>,
 }
 
 fn is_default<T: Default + PartialEq>(t: &T) -> bool {
@@ -188,7 +104,6 @@ fn is_default<T: Default + PartialEq>(t: &T) -> bool {
 
 /// A static route.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Route {
     pub destination: Ipv4Cidr,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -197,12 +112,17 @@ pub struct Route {
     pub interface: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<u32>,
+    /// Keys of a newer version, kept when the file is rewritten.
+    #[serde(flatten)]
+    pub unknown: Unknown<toml::Value>,
 }
 
 /// The whole network settings file.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct NetworkConfig {
+    /// The file's format version (0: written before versions were introduced).
+    #[serde(default)]
+    pub format: u32,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hostname: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -213,122 +133,198 @@ pub struct NetworkConfig {
     pub interfaces: Vec<Interface>,
     #[serde(default, rename = "route", skip_serializing_if = "Vec::is_empty")]
     pub routes: Vec<Route>,
+    /// Keys of a newer version, kept when the file is rewritten.
+    #[serde(flatten)]
+    pub unknown: Unknown<toml::Value>,
 }
 
 /// Errors reading or validating the network settings.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("reading {0}: {1}")]
-    Read(String, std::io::Error),
-    #[error("parsing {0}: {1}")]
-    Parse(String, toml::de::Error),
+    #[error("cannot read {0}: {1}")]
+    Read(String, #[source] std::io::Error),
+    /// Not TOML of the expected shape; the message has the line and the field.
+    #[error("{0}: {1}")]
+    Parse(String, String),
+    /// A key this version does not know, in settings that were submitted.
+    #[error("{0}: unknown setting `{1}`")]
+    Unknown(String, String),
     #[error("{field}: {problem}")]
     Invalid { field: String, problem: String },
 }
 
-fn invalid(field: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+fn invalid(field: impl Into<String>, problem: impl std::fmt::Display) -> ConfigError {
     ConfigError::Invalid {
         field: field.into(),
-        problem: problem.into(),
+        problem: problem.to_string(),
+    }
+}
+
+/// A value that is not acceptable, in words for the person who typed it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Problem(pub String);
+
+impl From<&str> for Problem {
+    fn from(s: &str) -> Problem {
+        Problem(s.to_string())
     }
 }
 
 /// Check a host name (RFC 1123): labels of letters, digits and hyphens.
-pub fn check_hostname(h: &str) -> Result<(), String> {
+pub fn check_hostname(h: &str) -> Result<(), Problem> {
     if h.is_empty() {
-        return Err("hostname is empty".into());
+        return Err(Problem::from("hostname is empty"));
     }
     if h.len() > 253 {
-        return Err("hostname is longer than 253 characters".into());
+        return Err(Problem::from("hostname is longer than 253 characters"));
     }
     for label in h.split('.') {
         if label.is_empty() || label.len() > 63 {
-            return Err("each part of the hostname must be 1 to 63 characters".into());
+            return Err(Problem::from(
+                "each part of the hostname must be 1 to 63 characters",
+            ));
         }
         if !label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') {
-            return Err("hostname may hold only letters, digits, '-' and '.'".into());
+            return Err(Problem::from(
+                "hostname may hold only letters, digits, '-' and '.'",
+            ));
         }
         if label.starts_with('-') || label.ends_with('-') {
-            return Err("a part of the hostname cannot begin or end with '-'".into());
+            return Err(Problem::from(
+                "a part of the hostname cannot begin or end with '-'",
+            ));
         }
     }
     Ok(())
 }
 
 /// Check a link name as the kernel does (1..15 bytes, no '/', no whitespace).
-pub fn check_ifname(n: &str) -> Result<(), String> {
+pub fn check_ifname(n: &str) -> Result<(), Problem> {
     if n.is_empty() || n.len() > 15 || n.contains('/') || n.contains(char::is_whitespace) {
-        return Err(format!(
+        return Err(Problem(format!(
             "{n:?} is not a valid interface name (1-15 characters)"
-        ));
+        )));
     }
     Ok(())
 }
 
 /// Check an address for use on a host: not the subnet's network or broadcast address.
-pub fn check_host_address(c: &Ipv4Cidr) -> Result<(), String> {
+pub fn check_host_address(c: &Ipv4Cidr) -> Result<(), Problem> {
     if c.addr.is_unspecified() || c.addr.is_broadcast() || c.addr.is_multicast() {
-        return Err(format!("{} cannot be a host address", c.addr));
+        return Err(Problem(format!("{} cannot be a host address", c.addr)));
     }
     if c.addr.is_loopback() {
-        return Err(format!("{} is a loopback address", c.addr));
+        return Err(Problem(format!("{} is a loopback address", c.addr)));
     }
     if c.prefix == 0 {
-        return Err("prefix must be 1 to 32".into());
+        return Err(Problem::from("prefix must be 1 to 32"));
     }
     if c.prefix <= 30 {
         if c.addr == c.network() {
-            return Err(format!(
+            return Err(Problem(format!(
                 "{} is the network address of {}/{}",
                 c.addr,
                 c.network(),
                 c.prefix
-            ));
+            )));
         }
         if c.addr == c.broadcast() {
-            return Err(format!(
+            return Err(Problem(format!(
                 "{} is the broadcast address of {}/{}",
                 c.addr,
                 c.network(),
                 c.prefix
-            ));
+            )));
         }
     }
     Ok(())
 }
 
 /// Check a gateway against the interface's address.
-pub fn check_gateway(gw: Ipv4Addr, on: &Ipv4Cidr) -> Result<(), String> {
+pub fn check_gateway(gw: Ipv4Addr, on: &Ipv4Cidr) -> Result<(), Problem> {
     if gw == on.addr {
-        return Err("gateway must differ from the appliance's own address".into());
+        return Err(Problem::from(
+            "gateway must differ from the appliance's own address",
+        ));
     }
     if !on.contains(gw) {
-        return Err(format!(
+        return Err(Problem(format!(
             "gateway {gw} is outside the subnet {}/{}",
             on.network(),
             on.prefix
-        ));
+        )));
     }
     if on.prefix <= 30 && (gw == on.network() || gw == on.broadcast()) {
-        return Err(format!("gateway {gw} is the network or broadcast address"));
+        return Err(Problem(format!(
+            "gateway {gw} is the network or broadcast address"
+        )));
     }
     Ok(())
 }
 
 impl NetworkConfig {
-    /// Read and validate the file.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::Read(path.display().to_string(), e))?;
-        let cfg: NetworkConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse(path.display().to_string(), e))?;
-        cfg.validate()?;
-        Ok(cfg)
+    /// Reads and validates the file; keys this version does not know are warnings.
+    pub fn load(path: &Path) -> Result<(Self, Vec<Warning>), ConfigError> {
+        let name = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read(name.clone(), e))?;
+        Self::parse(&text, &name, Strictness::Stored)
     }
 
-    /// The file's text.
+    /// Parses and validates settings; `origin` names them in messages (a path, or
+    /// "the submitted settings").
+    pub fn parse(
+        text: &str,
+        origin: &str,
+        strictness: Strictness,
+    ) -> Result<(Self, Vec<Warning>), ConfigError> {
+        let cfg: NetworkConfig = toml::from_str(text).map_err(|e| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let at = line.map_or(String::new(), |l| format!(" (line {l})"));
+            ConfigError::Parse(
+                origin.to_string(),
+                format!("{}{at}", e.message().trim_end()),
+            )
+        })?;
+        let warnings = cfg.unknown_keys(origin);
+        if strictness == Strictness::Submitted {
+            if let Some(w) = warnings.first() {
+                return Err(ConfigError::Unknown(origin.to_string(), w.at.clone()));
+            }
+        }
+        cfg.validate()?;
+        let mut warnings = warnings;
+        warnings.extend(super::newer_format(origin, cfg.format, FORMAT));
+        Ok((cfg, warnings))
+    }
+
+    /// The keys of a newer version anywhere in the settings.
+    fn unknown_keys(&self, origin: &str) -> Vec<Warning> {
+        let mut w = super::unknown_keys(origin, "", &self.unknown);
+        for (i, ifc) in self.interfaces.iter().enumerate() {
+            w.extend(super::unknown_keys(
+                origin,
+                &format!("interface[{i}]"),
+                &ifc.unknown,
+            ));
+        }
+        for (i, r) in self.routes.iter().enumerate() {
+            w.extend(super::unknown_keys(
+                origin,
+                &format!("route[{i}]"),
+                &r.unknown,
+            ));
+        }
+        w
+    }
+
+    /// The file's text, in this version's format.
     pub fn to_toml(&self) -> String {
-        toml::to_string(self).unwrap_or_default()
+        let mut current = self.clone();
+        current.format = FORMAT;
+        toml::to_string(&current).unwrap_or_default()
     }
 
     /// Check everything that can be checked without the kernel.
@@ -433,40 +429,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidr_forms() {
-        let c: Ipv4Cidr = "192.0.2.10/24".parse().unwrap();
-        assert_eq!(c.to_string(), "192.0.2.10/24");
-        assert_eq!("192.0.2.10/255.255.255.0".parse::<Ipv4Cidr>().unwrap(), c);
-        assert_eq!("192.0.2.10 255.255.255.0".parse::<Ipv4Cidr>().unwrap(), c);
-        assert!(
-            "192.0.2.10"
-                .parse::<Ipv4Cidr>()
-                .unwrap_err()
-                .contains("missing")
-        );
-        assert!(
-            "192.0.2.300/24"
-                .parse::<Ipv4Cidr>()
-                .unwrap_err()
-                .contains("not an IPv4")
-        );
-        assert!(
-            "192.0.2.1/33"
-                .parse::<Ipv4Cidr>()
-                .unwrap_err()
-                .contains("0 to 32")
-        );
-        assert!(
-            "192.0.2.1/255.0.255.0"
-                .parse::<Ipv4Cidr>()
-                .unwrap_err()
-                .contains("contiguous")
-        );
-        assert_eq!(c.network(), Ipv4Addr::new(192, 0, 2, 0));
-        assert_eq!(c.broadcast(), Ipv4Addr::new(192, 0, 2, 255));
-    }
-
-    #[test]
     fn host_and_gateway_checks() {
         let c: Ipv4Cidr = "192.0.2.10/24".parse().unwrap();
         assert!(check_host_address(&c).is_ok());
@@ -474,7 +436,7 @@ mod tests {
         assert!(check_host_address(&"192.0.2.255/24".parse().unwrap()).is_err());
         assert!(check_gateway(Ipv4Addr::new(192, 0, 2, 1), &c).is_ok());
         let e = check_gateway(Ipv4Addr::new(10, 0, 0, 1), &c).unwrap_err();
-        assert!(e.contains("outside the subnet 192.0.2.0/24"), "{e}");
+        assert!(e.0.contains("outside the subnet 192.0.2.0/24"), "{e}");
         assert!(check_gateway(c.addr, &c).is_err());
     }
 
@@ -520,7 +482,55 @@ gateway = "192.0.2.254"
         cfg.validate().unwrap();
         assert_eq!(cfg.interfaces[2].bond_mode, Some(BondMode::Lacp));
         let again: NetworkConfig = toml::from_str(&cfg.to_toml()).unwrap();
-        assert_eq!(again, cfg);
+        assert_eq!(again.format, FORMAT, "written in this version's format");
+        assert_eq!(NetworkConfig { format: 0, ..again }, cfg);
+    }
+
+    const NEWER: &str = r#"
+format = 2
+hostname = "lb1"
+ntp = ["192.0.2.123"]
+
+[[interface]]
+name = "eth0"
+addresses = ["192.0.2.10/24"]
+ipv6 = ["2001:db8::10/64"]
+"#;
+
+    #[test]
+    fn a_newer_file_is_read_with_warnings_and_its_keys_are_kept() {
+        let (cfg, warnings) =
+            NetworkConfig::parse(NEWER, "network.toml", Strictness::Stored).unwrap();
+        let at: Vec<&str> = warnings.iter().map(|w| w.at.as_str()).collect();
+        assert_eq!(at, ["ntp", "interface[0].ipv6", ""], "{warnings:?}");
+        assert!(warnings[2].message.contains("format 2"), "{warnings:?}");
+        assert_eq!(cfg.interfaces[0].addresses[0].to_string(), "192.0.2.10/24");
+        let text = cfg.to_toml();
+        assert!(text.contains("ntp = [\"192.0.2.123\"]"), "{text}");
+        assert!(text.contains("ipv6 = [\"2001:db8::10/64\"]"), "{text}");
+    }
+
+    #[test]
+    fn submitted_settings_with_an_unknown_key_are_refused_by_name() {
+        let e = NetworkConfig::parse(NEWER, "the submitted settings", Strictness::Submitted)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "the submitted settings: unknown setting `ntp`");
+    }
+
+    #[test]
+    fn a_file_that_is_not_toml_is_refused_with_its_line() {
+        let e = NetworkConfig::parse(
+            "hostname = \"lb1\"\ndns = [1\n",
+            "network.toml",
+            Strictness::Stored,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.starts_with("network.toml: ") && e.contains("line 2"),
+            "{e}"
+        );
     }
 
     #[test]

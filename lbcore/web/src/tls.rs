@@ -6,6 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use appliance::atomic::{self, AtomicWriteError};
 use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -14,18 +15,19 @@ use tracing::{info, warn};
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("cannot create {path}: {source}")]
-    Write {
+    CreateDir {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Write(#[from] AtomicWriteError),
     #[error("cannot make a self-signed certificate: {0}")]
     Generate(String),
     #[error("{path}: {reason}")]
     Load { path: PathBuf, reason: String },
 }
 
-pub const CERT_FILE: &str = "cert.pem";
-pub const KEY_FILE: &str = "key.pem";
+pub use appliance::layout::{TLS_CERT_FILE as CERT_FILE, TLS_KEY_FILE as KEY_FILE};
 
 /// The server's TLS settings from `dir`, making a self-signed certificate for
 /// `hostname` when there is none. A pair that cannot be used (a half-written pair
@@ -59,7 +61,7 @@ pub fn load_or_create(dir: &Path, hostname: &str) -> Result<Arc<ServerConfig>, T
 }
 
 fn create(dir: &Path, hostname: &str) -> Result<(), TlsError> {
-    std::fs::create_dir_all(dir).map_err(|source| TlsError::Write {
+    std::fs::create_dir_all(dir).map_err(|source| TlsError::CreateDir {
         path: dir.to_path_buf(),
         source,
     })?;
@@ -74,17 +76,8 @@ fn create(dir: &Path, hostname: &str) -> Result<(), TlsError> {
     let key = dir.join(KEY_FILE);
     let cert = dir.join(CERT_FILE);
     let _ = std::fs::remove_file(&cert);
-    crate::atomic_file::write_with_mode(&key, made.signing_key.serialize_pem().as_bytes(), 0o600)
-        .map_err(|source| TlsError::Write {
-        path: key.clone(),
-        source,
-    })?;
-    crate::atomic_file::write(&cert, made.cert.pem().as_bytes()).map_err(|source| {
-        TlsError::Write {
-            path: cert.clone(),
-            source,
-        }
-    })?;
+    atomic::write(&key, made.signing_key.serialize_pem().as_bytes(), 0o600)?;
+    atomic::write(&cert, made.cert.pem().as_bytes(), 0o644)?;
     info!(
         "made a self-signed certificate for {hostname} in {}",
         cert.display()
@@ -121,15 +114,17 @@ mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt;
 
-    fn tempdir(name: &str) -> PathBuf {
-        let d = std::env::temp_dir().join(format!("lbweb-tls-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        d
+    /// A directory for one test's pair (`tls` inside a fresh temporary directory, so
+    /// that load_or_create has to make it).
+    fn tempdir(_name: &str) -> (tempfile::TempDir, PathBuf) {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("tls");
+        (t, d)
     }
 
     #[test]
     fn made_once_then_kept() {
-        let dir = tempdir("kept");
+        let (_t, dir) = tempdir("kept");
         load_or_create(&dir, "lb1.example").unwrap();
         let key_mode = std::fs::metadata(dir.join(KEY_FILE))
             .unwrap()
@@ -139,12 +134,11 @@ mod tests {
         let first = std::fs::read(dir.join(CERT_FILE)).unwrap();
         load_or_create(&dir, "lb1.example").unwrap();
         assert_eq!(std::fs::read(dir.join(CERT_FILE)).unwrap(), first);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_broken_pair_is_moved_aside_and_replaced() {
-        let dir = tempdir("broken");
+        let (_t, dir) = tempdir("broken");
         load_or_create(&dir, "lb1.example").unwrap();
         std::fs::write(dir.join(KEY_FILE), "not a key").unwrap();
         load_or_create(&dir, "lb1.example").unwrap();
@@ -159,16 +153,14 @@ mod tests {
             "not a key"
         );
         assert!(load(&dir.join(CERT_FILE), &dir.join(KEY_FILE)).is_ok());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
     fn a_certificate_without_its_key_is_replaced() {
-        let dir = tempdir("half");
+        let (_t, dir) = tempdir("half");
         load_or_create(&dir, "lb1.example").unwrap();
         std::fs::remove_file(dir.join(KEY_FILE)).unwrap();
         load_or_create(&dir, "lb1.example").unwrap();
         assert!(load(&dir.join(CERT_FILE), &dir.join(KEY_FILE)).is_ok());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -1,8 +1,11 @@
 //! The shape of the TOML file and every rule about what is valid in it.
 //!
 //! The file is read in two steps: serde into the `Raw*` structs below (which refuses
-//! unknown fields and wrong types, with line and column), then [`Validator`] turns them
-//! into the model of `config/mod.rs`, checking ranges, combinations and uniqueness.
+//! wrong types, with line and column), then [`Validator`] turns them into the model of
+//! `mod.rs`, checking ranges, combinations and uniqueness. Keys the `Raw*` structs do
+//! not know are collected on the way ([`serde_ignored`]): a submitted configuration
+//! is refused for them, naming the key and where it is; a stored one (which a newer
+//! version may have written) is read with a warning for each.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -13,19 +16,21 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    Check, Config, ConfigError, Endpoint, Forwarding, Invalid, Layer, OnFailure, Persistence,
-    Probe, ProxySettings, RealServer, Scheduler, Service, Span,
+    Check, CheckKind, Config, ConfigError, Endpoint, FORMAT, Forwarding, Invalid, Layer, OnFailure,
+    Persistence, Probe, ProxySettings, RealServer, Scheduler, Service, Span,
 };
+use crate::files::{Strictness, UNKNOWN_KEY, fields_of};
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawFile {
+    /// The file's format version; absent means the current one (a person writes
+    /// these files, and most will not write it).
+    format: Option<u32>,
     #[serde(default, alias = "services")]
     service: Vec<Spanned<RawService>>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawService {
     #[serde(alias = "name")]
     label: String,
@@ -35,10 +40,10 @@ struct RawService {
     ports: Vec<u16>,
     /// A single port, for services that have one.
     port: Option<u16>,
-    scheduler: Option<RawScheduler>,
-    forwarding: Option<RawForwarding>,
+    scheduler: Option<Scheduler>,
+    forwarding: Option<Forwarding>,
     /// Layer 4: `remove` (default) or `weight-zero` for a server that fails its check.
-    on_failure: Option<RawOnFailure>,
+    on_failure: Option<OnFailure>,
     persistence: Option<Spanned<RawPersistence>>,
     check: Option<Spanned<RawCheck>>,
     fallback: Option<Spanned<RawEndpoint>>,
@@ -50,93 +55,28 @@ struct RawService {
     real_server: Vec<Spanned<RawRealServer>>,
 }
 
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "lowercase")]
-enum RawScheduler {
-    Rr,
-    Wrr,
-    Lc,
-    Wlc,
-    Sh,
-    Mh,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "kebab-case")]
-enum RawForwarding {
-    #[serde(alias = "dr")]
-    DirectRouting,
-    #[serde(alias = "masq")]
-    Nat,
-    Snat,
-}
-
-#[derive(Deserialize, Clone, Copy)]
-#[serde(rename_all = "kebab-case")]
-enum RawOnFailure {
-    Remove,
-    #[serde(alias = "inhibit")]
-    WeightZero,
-}
-
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawPersistence {
     timeout: Span,
     netmask: Option<u8>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawEndpoint {
     address: IpAddr,
     port: Option<u16>,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawQueue {
     size: Option<u32>,
     timeout: Option<Span>,
 }
 
-#[derive(Deserialize, Clone, Copy, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-enum RawCheckKind {
-    None,
-    Tcp,
-    #[serde(alias = "icmp")]
-    Ping,
-    #[serde(alias = "dicom", alias = "c-echo")]
-    DicomEcho,
-    #[serde(alias = "mllp")]
-    Hl7,
-    Http,
-    Https,
-    #[serde(alias = "external")]
-    Script,
-}
-
-impl RawCheckKind {
-    fn name(self) -> &'static str {
-        match self {
-            RawCheckKind::None => "none",
-            RawCheckKind::Tcp => "tcp",
-            RawCheckKind::Ping => "ping",
-            RawCheckKind::DicomEcho => "dicom-echo",
-            RawCheckKind::Hl7 => "hl7",
-            RawCheckKind::Http => "http",
-            RawCheckKind::Https => "https",
-            RawCheckKind::Script => "script",
-        }
-    }
-}
-
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawCheck {
     #[serde(alias = "type")]
-    kind: RawCheckKind,
+    kind: CheckKind,
     interval: Option<Span>,
     timeout: Option<Span>,
     rise: Option<u32>,
@@ -152,7 +92,6 @@ struct RawCheck {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawRealServer {
     #[serde(alias = "name")]
     label: String,
@@ -168,9 +107,181 @@ const MAX_WEIGHT: u32 = 65_535;
 const DEFAULT_CALLING_AE: &str = "LOADBALANCER";
 const DEFAULT_CALLED_AE: &str = "ANY-SCP";
 
-pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
-    let raw: RawFile = toml::from_str(text).map_err(|e| syntax_error(text, &e))?;
-    Validator { text }.config(raw)
+/// A key the `Raw*` structs do not know: where it is and, when it is a key of one of
+/// them, which.
+pub(super) struct UnknownKey {
+    /// The key as written.
+    pub key: String,
+    /// `in service 1 ("PACS"), real server "DS1": ` and the like.
+    pub place: String,
+    /// ` (line 9, column 1)` where it can be found.
+    pub location: String,
+    /// Where it is in the text (for reporting the first one first).
+    offset: usize,
+}
+
+pub(super) fn parse(
+    text: &str,
+    strictness: Strictness,
+) -> Result<(Config, Vec<UnknownKey>, Option<u32>), ConfigError> {
+    let de = toml::Deserializer::parse(text).map_err(|e| syntax_error(text, &e))?;
+    let mut ignored: Vec<Vec<Segment>> = Vec::new();
+    let raw: RawFile = serde_ignored::deserialize(de, |path| ignored.push(segments(&path)))
+        .map_err(|e| syntax_error(text, &e))?;
+    let mut unknown: Vec<(UnknownKey, &Vec<Segment>)> =
+        ignored.iter().map(|p| (unknown_key(text, p), p)).collect();
+    unknown.sort_by_key(|(u, _)| u.offset);
+    if strictness == Strictness::Submitted {
+        if let Some((u, path)) = unknown.first() {
+            let expected = fields_for(path)
+                .map(|f| {
+                    let names: Vec<String> = f.iter().map(|n| format!("`{n}`")).collect();
+                    format!(", expected one of {}", names.join(", "))
+                })
+                .unwrap_or_default();
+            return Err(ConfigError::Syntax {
+                path: None,
+                message: format!(
+                    "{}unknown field `{}`{expected}{}",
+                    u.place, u.key, u.location
+                ),
+            });
+        }
+    }
+    let unknown = unknown.into_iter().map(|(u, _)| u).collect();
+    let format = raw.format;
+    let config = Validator { text }.config(raw)?;
+    Ok((config, unknown, format.filter(|f| *f > FORMAT)))
+}
+
+/// One step of the path to an ignored key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// The path to an ignored key, without serde's internal steps (options, newtypes and
+/// toml's `Spanned` wrapper).
+fn segments(path: &serde_ignored::Path<'_>) -> Vec<Segment> {
+    use serde_ignored::Path as P;
+    let mut out = match path {
+        P::Root => return Vec::new(),
+        P::Seq { parent, .. }
+        | P::Map { parent, .. }
+        | P::Some { parent }
+        | P::NewtypeStruct { parent }
+        | P::NewtypeVariant { parent } => segments(parent),
+    };
+    match path {
+        P::Seq { index, .. } => out.push(Segment::Index(*index)),
+        P::Map { key, .. } if !key.starts_with("$__serde_spanned_private") => {
+            out.push(Segment::Key(key.clone()))
+        }
+        _ => {}
+    }
+    out
+}
+
+/// The fields of the table an ignored key was found in, for "expected one of".
+fn fields_for(path: &[Segment]) -> Option<&'static [&'static str]> {
+    use Segment::{Index, Key};
+    let key = |s: &Segment, names: &[&str]| matches!(s, Key(k) if names.contains(&k.as_str()));
+    let service = ["service", "services"];
+    Some(match path {
+        [_] => fields_of::<RawFile>(),
+        [s, Index(_), _] if key(s, &service) => fields_of::<RawService>(),
+        [s, Index(_), t, _] if key(s, &service) => match t {
+            Key(t) if t == "check" => fields_of::<RawCheck>(),
+            Key(t) if t == "persistence" => fields_of::<RawPersistence>(),
+            Key(t) if t == "fallback" => fields_of::<RawEndpoint>(),
+            Key(t) if t == "queue" => fields_of::<RawQueue>(),
+            _ => return None,
+        },
+        [s, Index(_), r, Index(_), _]
+            if key(s, &service) && key(r, &["real_server", "real_servers"]) =>
+        {
+            fields_of::<RawRealServer>()
+        }
+        _ => return None,
+    })
+}
+
+/// Where an ignored key is in the text, found through toml's own parse with spans.
+fn unknown_key(text: &str, path: &[Segment]) -> UnknownKey {
+    let key = match path.last() {
+        Some(Segment::Key(k)) => k.clone(),
+        _ => String::from("?"),
+    };
+    let offset = key_offset(text, path);
+    // the service and real server it is in, by the path's shape (a top-level key is in
+    // neither, whatever table precedes it in the text)
+    let in_service = path.len() > 2;
+    let in_server = path.len() > 4
+        && matches!(&path[2], Segment::Key(k) if k == "real_server" || k == "real_servers");
+    let place: Vec<String> = offset
+        .map(|o| {
+            [
+                in_service.then(|| service_around(text, o)).flatten(),
+                in_server.then(|| real_server_around(text, o)).flatten(),
+            ]
+        })
+        .into_iter()
+        .flatten()
+        .flatten()
+        .collect();
+    UnknownKey {
+        key,
+        place: if place.is_empty() {
+            String::new()
+        } else {
+            format!("in {}: ", place.join(", "))
+        },
+        location: location_suffix(text, offset.map(|o| o..o)),
+        offset: offset.unwrap_or(usize::MAX),
+    }
+}
+
+/// The byte offset of the key at `path`.
+fn key_offset(text: &str, path: &[Segment]) -> Option<usize> {
+    use toml::de::{DeTable, DeValue};
+    let root = DeTable::parse(text).ok()?;
+    let mut table: &DeTable<'_> = root.get_ref();
+    let mut value: Option<&DeValue<'_>> = None;
+    for segment in path {
+        match segment {
+            Segment::Key(k) => {
+                if let Some(DeValue::Table(t)) = value {
+                    table = t;
+                }
+                let (key, v) = table.iter().find(|(key, _)| key.get_ref() == k)?;
+                if std::ptr::eq(segment, path.last()?) {
+                    return Some(key.span().start);
+                }
+                value = Some(v.get_ref());
+            }
+            Segment::Index(i) => {
+                let DeValue::Array(items) = value? else {
+                    return None;
+                };
+                value = Some(items.get(*i)?.get_ref());
+            }
+        }
+    }
+    None
+}
+
+/// The warning text for an unknown key of a stored configuration.
+pub(super) fn unknown_warning(u: &UnknownKey) -> (String, String) {
+    (
+        format!(
+            "{}{}{}",
+            u.place.trim_start_matches("in "),
+            u.key,
+            u.location
+        ),
+        UNKNOWN_KEY.to_string(),
+    )
 }
 
 /// Turns a serde/TOML error into one that also names the service, the real server
@@ -464,22 +575,15 @@ impl Validator<'_> {
                         return Err(at.err(field, "applies only to layer 7 services"));
                     }
                 }
-                if matches!(raw.forwarding, Some(RawForwarding::Snat)) && raw.address.is_ipv6() {
+                if matches!(raw.forwarding, Some(Forwarding::Snat)) && raw.address.is_ipv6() {
                     return Err(at.err(
                         "forwarding",
                         "snat is available for IPv4 service addresses only (use nat, with the real servers routing through the appliance)",
                     ));
                 }
                 Layer::Four {
-                    forwarding: match raw.forwarding.unwrap_or(RawForwarding::DirectRouting) {
-                        RawForwarding::DirectRouting => Forwarding::DirectRouting,
-                        RawForwarding::Nat => Forwarding::Nat,
-                        RawForwarding::Snat => Forwarding::Snat,
-                    },
-                    on_failure: match raw.on_failure.unwrap_or(RawOnFailure::Remove) {
-                        RawOnFailure::Remove => OnFailure::Remove,
-                        RawOnFailure::WeightZero => OnFailure::WeightZero,
-                    },
+                    forwarding: raw.forwarding.unwrap_or(Forwarding::DirectRouting),
+                    on_failure: raw.on_failure.unwrap_or_default(),
                 }
             }
             7 => {
@@ -500,14 +604,7 @@ impl Validator<'_> {
             other => return Err(at.err("layer", format!("must be 4 or 7, got {other}"))),
         };
 
-        let scheduler = match raw.scheduler.unwrap_or(RawScheduler::Wlc) {
-            RawScheduler::Rr => Scheduler::Rr,
-            RawScheduler::Wrr => Scheduler::Wrr,
-            RawScheduler::Lc => Scheduler::Lc,
-            RawScheduler::Wlc => Scheduler::Wlc,
-            RawScheduler::Sh => Scheduler::Sh,
-            RawScheduler::Mh => Scheduler::Mh,
-        };
+        let scheduler = raw.scheduler.unwrap_or(Scheduler::Wlc);
         if matches!(layer, Layer::Seven(_)) && matches!(scheduler, Scheduler::Sh | Scheduler::Mh) {
             return Err(at.err(
                 "scheduler",
@@ -649,22 +746,21 @@ impl Validator<'_> {
 
     fn check(&self, at: &At, raw: RawCheck) -> Result<Check, ConfigError> {
         let kind = raw.kind;
-        let only_for =
-            |set: bool, field: &str, kinds: &[RawCheckKind]| -> Result<(), ConfigError> {
-                if set && !kinds.contains(&kind) {
-                    let names: Vec<_> = kinds.iter().map(|k| format!("\"{}\"", k.name())).collect();
-                    return Err(at.err(
-                        &format!("check.{field}"),
-                        format!(
-                            "does not apply to check kind \"{}\" (only to {})",
-                            kind.name(),
-                            names.join(", ")
-                        ),
-                    ));
-                }
-                Ok(())
-            };
-        use RawCheckKind as K;
+        let only_for = |set: bool, field: &str, kinds: &[CheckKind]| -> Result<(), ConfigError> {
+            if set && !kinds.contains(&kind) {
+                let names: Vec<_> = kinds.iter().map(|k| format!("\"{}\"", k.name())).collect();
+                return Err(at.err(
+                    &format!("check.{field}"),
+                    format!(
+                        "does not apply to check kind \"{}\" (only to {})",
+                        kind.name(),
+                        names.join(", ")
+                    ),
+                ));
+            }
+            Ok(())
+        };
+        use CheckKind as K;
         only_for(raw.calling_ae.is_some(), "calling_ae", &[K::DicomEcho])?;
         only_for(raw.called_ae.is_some(), "called_ae", &[K::DicomEcho])?;
         only_for(raw.message.is_some(), "message", &[K::Hl7])?;

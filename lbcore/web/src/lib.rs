@@ -1,5 +1,6 @@
 //! `lbweb`: the appliance's HTTPS API on port 9443, the one JSON API that the web
-//! pages, scripts and the tests use ([`api`] lists the routes). It holds no state of
+//! pages, scripts and the tests use ([`api`] lists the routes; `openapi.json` beside
+//! this crate describes them, and lbweb serves it at `/api/openapi.json`). It holds no state of
 //! the load balancer: everything it shows or changes goes through lbcore's control
 //! socket, so that lbcore stays the only owner of its configuration file and of the
 //! rules for changing it. Login uses the admin account the console wizard wrote
