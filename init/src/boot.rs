@@ -263,7 +263,7 @@ async fn run(opts: Options) {
             return;
         }
         let wake = sup
-            .next_wakeup()
+            .next_wakeup(Instant::now())
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
         let wake = tokio::time::Instant::from_std(wake);
         tokio::select! {
@@ -305,10 +305,10 @@ async fn run(opts: Options) {
     }
 }
 
-fn result(r: Result<(), String>) -> serde_json::Value {
+fn result(r: Result<(), crate::supervisor::NoSuchService>) -> serde_json::Value {
     match r {
         Ok(()) => json!({"ok": true}),
-        Err(e) => json!({"ok": false, "error": e}),
+        Err(e) => json!({"ok": false, "error": e.to_string()}),
     }
 }
 

@@ -174,7 +174,7 @@ fn addresses() -> Vec<(String, String)> {
                 continue;
             };
             if let (Some(ip), Some(m)) = (addr.as_sockaddr_in(), mask.as_sockaddr_in()) {
-                let prefix = u32::from(m.ip()).leading_ones();
+                let prefix = appliance::net::netmask_to_prefix(m.ip()).unwrap_or(32);
                 out.push((a.interface_name.clone(), format!("{}/{prefix}", ip.ip())));
             }
         }

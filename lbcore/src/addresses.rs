@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
+use appliance::net::in_subnet;
 use futures_util::TryStreamExt;
 use rtnetlink::Handle;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage, AddressProtocol};
@@ -224,20 +225,6 @@ fn subnet_holding(table: &[Assigned], address: IpAddr) -> Option<u32> {
         .map(|a| a.index)
 }
 
-pub fn in_subnet(net: IpAddr, prefix: u8, address: IpAddr) -> bool {
-    match (net, address) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        _ => false,
-    }
-}
-
 /// Sends a gratuitous ARP request and reply for `ip` from `mac` on interface `index`.
 fn announce(index: u32, mac: [u8; 6], ip: Ipv4Addr) -> io::Result<()> {
     use socket2::{Domain, Protocol, Socket, Type};
@@ -296,18 +283,6 @@ fn arp_packet(op: u16, mac: [u8; 6], ip: Ipv4Addr) -> [u8; 28] {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subnets() {
-        let n: IpAddr = "172.26.11.10".parse().unwrap();
-        assert!(in_subnet(n, 24, "172.26.11.70".parse().unwrap()));
-        assert!(!in_subnet(n, 24, "172.26.12.70".parse().unwrap()));
-        assert!(in_subnet(n, 0, "8.8.8.8".parse().unwrap()));
-        let n6: IpAddr = "fd00:1::5".parse().unwrap();
-        assert!(in_subnet(n6, 64, "fd00:1::70".parse().unwrap()));
-        assert!(!in_subnet(n6, 64, "fd00:2::70".parse().unwrap()));
-        assert!(!in_subnet(n, 24, n6));
-    }
 
     #[test]
     fn arp_request_layout() {

@@ -383,3 +383,169 @@ impl Drop for ClientGuard {
         self.service.active.fetch_sub(1, Ordering::Relaxed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Where a new connection goes: every rule of [`ServiceRuntime::choose`], on a
+    //! service built from configuration text (no sockets, no time but the real one).
+    use super::*;
+    use crate::server::AdminState;
+    use std::collections::BTreeMap;
+
+    fn service(servers: &str, extra: &str) -> Arc<ServiceRuntime> {
+        let text = format!(
+            "[[service]]\nlabel = \"S\"\nlayer = 7\naddress = \"10.0.0.1\"\nports = [104]\n{extra}\n{servers}"
+        );
+        let config = crate::config::parse(&text).unwrap();
+        let svc = &config.services[0];
+        let servers = svc
+            .real_servers
+            .iter()
+            .map(|r| Arc::new(Server::new(r)))
+            .collect();
+        ServiceRuntime::new(svc, servers)
+    }
+
+    fn servers(list: &[(&str, u32)]) -> String {
+        list.iter()
+            .enumerate()
+            .map(|(i, (label, weight))| {
+                format!(
+                    "[[service.real_server]]\nlabel = \"{label}\"\naddress = \"10.0.1.{}\"\nweight = {weight}\n",
+                    i + 1
+                )
+            })
+            .collect()
+    }
+
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7));
+
+    fn label(choice: &Choice) -> String {
+        match choice {
+            Choice::Server(lease) => lease.server().label.clone(),
+            Choice::Fallback(f, _) => format!("fallback {}", f.address),
+            Choice::Full => "full".into(),
+            Choice::Unavailable => "unavailable".into(),
+        }
+    }
+
+    /// Picks `n` times, each connection closed before the next.
+    fn spread(rt: &Arc<ServiceRuntime>, n: usize) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for _ in 0..n {
+            *counts.entry(label(&rt.choose(CLIENT, &[]))).or_default() += 1;
+        }
+        counts
+    }
+
+    #[test]
+    fn weighted_round_robin_follows_the_weights() {
+        let rt = service(&servers(&[("A", 300), ("B", 100)]), "scheduler = \"wrr\"");
+        let counts = spread(&rt, 40);
+        assert_eq!(counts, BTreeMap::from([("A".into(), 30), ("B".into(), 10)]));
+    }
+
+    #[test]
+    fn down_drained_halted_and_weight_zero_servers_take_no_new_connection() {
+        let rt = service(
+            &servers(&[
+                ("UP", 1),
+                ("DOWN", 1),
+                ("DRAIN", 1),
+                ("HALT", 1),
+                ("ZERO", 0),
+            ]),
+            "scheduler = \"rr\"",
+        );
+        let s = rt.servers();
+        s[1].record_check(Some("refused".into()), 1, 1);
+        s[2].set_admin(AdminState::Drain);
+        s[3].set_admin(AdminState::Halt);
+        assert_eq!(spread(&rt, 10), BTreeMap::from([("UP".into(), 10)]));
+    }
+
+    #[test]
+    fn least_connections_counts_open_connections() {
+        let rt = service(&servers(&[("A", 1), ("B", 1)]), "scheduler = \"lc\"");
+        let first = rt.choose(CLIENT, &[]);
+        let held = label(&first);
+        // while the first stays open, every next one (closed at once) goes to the other
+        let next: Vec<String> = (0..2).map(|_| label(&rt.choose(CLIENT, &[]))).collect();
+        assert!(next.iter().all(|n| *n != held), "{held} {next:?}");
+        drop(first);
+    }
+
+    #[test]
+    fn servers_at_max_connections_make_the_service_full_until_a_slot_is_freed() {
+        let text = "[[service.real_server]]\nlabel = \"A\"\naddress = \"10.0.1.1\"\nmax_connections = 1\n\
+                    [[service.real_server]]\nlabel = \"B\"\naddress = \"10.0.1.2\"\nmax_connections = 1\n";
+        let rt = service(text, "");
+        let a = rt.choose(CLIENT, &[]);
+        let b = rt.choose(CLIENT, &[]);
+        let mut both = [label(&a), label(&b)];
+        both.sort();
+        assert_eq!(both, ["A", "B"]);
+        assert_eq!(label(&rt.choose(CLIENT, &[])), "full");
+        let freed = label(&b);
+        drop(b);
+        assert_eq!(label(&rt.choose(CLIENT, &[])), freed);
+        drop(a);
+    }
+
+    #[test]
+    fn the_fallback_takes_clients_only_while_no_real_server_is_up() {
+        let rt = service(
+            &servers(&[("A", 1)]),
+            "fallback = { address = \"10.0.9.9\", port = 104 }",
+        );
+        assert_eq!(label(&rt.choose(CLIENT, &[])), "A");
+        rt.servers()[0].record_check(Some("refused".into()), 1, 1);
+        assert_eq!(label(&rt.choose(CLIENT, &[])), "fallback 10.0.9.9");
+        rt.servers()[0].record_check(None, 1, 1);
+        assert_eq!(label(&rt.choose(CLIENT, &[])), "A");
+        let without = service(&servers(&[("A", 1)]), "");
+        without.servers()[0].set_admin(AdminState::Drain);
+        assert_eq!(label(&without.choose(CLIENT, &[])), "unavailable");
+    }
+
+    #[test]
+    fn a_retry_never_goes_back_to_a_server_that_just_failed_to_connect() {
+        let rt = service(
+            &servers(&[("A", 1), ("B", 1)]),
+            "fallback = { address = \"10.0.9.9\" }",
+        );
+        let a = rt.server("A").unwrap();
+        let b = rt.server("B").unwrap();
+        for _ in 0..6 {
+            assert_eq!(label(&rt.choose(CLIENT, std::slice::from_ref(&a))), "B");
+        }
+        // both failed although the checks still say up: the fallback, then nothing
+        assert_eq!(
+            label(&rt.choose(CLIENT, &[a.clone(), b])),
+            "fallback 10.0.9.9"
+        );
+        let plain = service(&servers(&[("A", 1)]), "");
+        let only = plain.server("A").unwrap();
+        assert_eq!(label(&plain.choose(CLIENT, &[only])), "unavailable");
+    }
+
+    #[test]
+    fn persistence_keeps_a_client_on_its_server_while_it_can_take_it() {
+        let rt = service(
+            &servers(&[("A", 1), ("B", 1), ("C", 1)]),
+            "scheduler = \"rr\"\npersistence = { timeout = \"300s\" }",
+        );
+        let first = label(&rt.choose(CLIENT, &[]));
+        for _ in 0..5 {
+            assert_eq!(label(&rt.choose(CLIENT, &[])), first);
+        }
+        let other: IpAddr = "192.0.2.8".parse().unwrap();
+        let theirs = label(&rt.choose(other, &[]));
+        assert_ne!(theirs, first, "round robin moved on for a new client");
+        // the client's server is drained: it goes elsewhere, and stays there
+        rt.server(&first).unwrap().set_admin(AdminState::Drain);
+        let moved = label(&rt.choose(CLIENT, &[]));
+        assert_ne!(moved, first);
+        assert_eq!(label(&rt.choose(CLIENT, &[])), moved);
+    }
+}

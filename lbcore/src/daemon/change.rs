@@ -410,3 +410,159 @@ pub(super) async fn read_config(
     }
     Ok((config, warnings))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Prepare and commit on a daemon of the test's own (loopback ports, files in a
+    //! temporary directory): a refused change leaves everything as it was, a committed
+    //! one keeps what stayed.
+    use super::*;
+
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    }
+
+    fn text(ports: &[u16], weight: u32) -> String {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        format!(
+            "[[service]]\nlabel = \"APP\"\nlayer = 7\naddress = \"127.0.0.1\"\nports = [{}]\n\
+             check = {{ kind = \"none\" }}\n\
+             [[service.real_server]]\nlabel = \"RS1\"\naddress = \"127.0.0.2\"\nweight = {weight}\n",
+            ports.join(", ")
+        )
+    }
+
+    fn listener_ids(d: &Daemon) -> Vec<(u16, tokio::task::Id)> {
+        let mut v: Vec<_> = d.services["APP"]
+            .listeners
+            .iter()
+            .map(|(a, t)| (a.port(), t.id()))
+            .collect();
+        v.sort();
+        v
+    }
+
+    #[tokio::test]
+    async fn a_port_that_cannot_be_bound_refuses_the_change_and_nothing_runs_differently() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::for_test(dir.path());
+        let (p1, p2) = (free_port(), free_port());
+        d.apply(config::parse(&text(&[p1], 100)).unwrap(), vec![])
+            .await
+            .unwrap();
+        let before = listener_ids(&d);
+        let running = d.config.clone();
+        let blocker = std::net::TcpListener::bind(("127.0.0.1", p2)).unwrap();
+        let e = d
+            .prepare(config::parse(&text(&[p1, p2], 50)).unwrap())
+            .err()
+            .unwrap();
+        assert!(matches!(e, ChangeError::Bind { .. }), "{e}");
+        assert_eq!(e.kind(), RefusalKind::Invalid);
+        assert!(
+            e.to_string()
+                .contains(&format!("cannot listen on 127.0.0.1:{p2}")),
+            "{e}"
+        );
+        assert!(Arc::ptr_eq(&d.config, &running));
+        assert_eq!(listener_ids(&d), before);
+        assert_eq!(
+            d.services["APP"].runtime.server("RS1").unwrap().weight(),
+            100
+        );
+        drop(blocker);
+    }
+
+    #[tokio::test]
+    async fn a_commit_keeps_listeners_and_server_state_that_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::for_test(dir.path());
+        let (p1, p2, p3) = (free_port(), free_port(), free_port());
+        d.apply(config::parse(&text(&[p1, p2], 100)).unwrap(), vec![])
+            .await
+            .unwrap();
+        let kept = listener_ids(&d)[0];
+        let rs1 = d.services["APP"].runtime.server("RS1").unwrap();
+        rs1.set_admin(AdminState::Drain);
+
+        let prepared = d
+            .prepare(config::parse(&text(&[p1, p3], 40)).unwrap())
+            .unwrap();
+        // prepared but not committed: the new port is bound, the old ones still serve
+        assert!(std::net::TcpListener::bind(("127.0.0.1", p3)).is_err());
+        d.commit(prepared).await;
+
+        let now = listener_ids(&d);
+        assert_eq!(now.iter().map(|(p, _)| *p).collect::<Vec<_>>(), {
+            let mut v = vec![p1, p3];
+            v.sort();
+            v
+        });
+        assert!(
+            now.contains(&kept),
+            "the unchanged port's listener is the same task"
+        );
+        let after = d.services["APP"].runtime.server("RS1").unwrap();
+        assert!(
+            Arc::ptr_eq(&rs1, &after),
+            "the same server, with its state and connections"
+        );
+        assert_eq!((after.admin(), after.weight()), (AdminState::Drain, 40));
+        // the dropped port is given back (its listener task ends when aborted)
+        crate::health::testutil::wait_free(p2).await;
+    }
+
+    #[tokio::test]
+    async fn apply_text_saves_only_what_it_applies() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::for_test(dir.path());
+        let p1 = free_port();
+        let good = text(&[p1], 100);
+        let applied = d.apply_text(good.clone()).await.unwrap();
+        assert!(
+            applied.message.contains("1 service(s)"),
+            "{}",
+            applied.message
+        );
+        assert_eq!(std::fs::read_to_string(&d.opts.config).unwrap(), good);
+
+        let typo = good.replace("weight = 100", "weigth = 100");
+        let e = d.apply_text(typo).await.err().unwrap();
+        assert!(e.to_string().contains("unknown field `weigth`"), "{e}");
+        assert_eq!(e.kind(), RefusalKind::Invalid);
+        assert_eq!(std::fs::read_to_string(&d.opts.config).unwrap(), good);
+
+        // a reload of a file that no longer parses keeps what runs
+        std::fs::write(&d.opts.config, "[[service]\n").unwrap();
+        let running = d.config.clone();
+        assert!(matches!(d.reload().await, Err(ChangeError::Config(_))));
+        assert!(Arc::ptr_eq(&d.config, &running));
+    }
+
+    #[tokio::test]
+    async fn operator_states_name_what_is_missing_and_are_saved() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut d = Daemon::for_test(dir.path());
+        d.apply(config::parse(&text(&[free_port()], 100)).unwrap(), vec![])
+            .await
+            .unwrap();
+        let e = d.set_state("NOPE", "RS1", AdminState::Drain).unwrap_err();
+        assert_eq!(e.kind(), RefusalKind::NotFound);
+        let e = d.set_state("APP", "RS9", AdminState::Drain).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "service `APP` has no real server called `RS9`"
+        );
+        let set = d.set_state("APP", "RS1", AdminState::Halt).unwrap();
+        assert_eq!(
+            (set.before, set.state, set.saved),
+            (AdminState::Online, AdminState::Halt, true)
+        );
+        let (again, _) = appliance::files::operator_state::OperatorStates::load(&d.opts.state);
+        assert_eq!(again.get("APP", "RS1"), Some(AdminState::Halt));
+    }
+}

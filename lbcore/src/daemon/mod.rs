@@ -221,3 +221,29 @@ impl Daemon {
 pub fn default_state_path(config: &std::path::Path) -> PathBuf {
     layout::beside_lbcore_config(config, LBCORE_STATE_FILE)
 }
+
+#[cfg(test)]
+impl Daemon {
+    /// A daemon on files in `dir`, managing no addresses, with nothing running yet.
+    fn for_test(dir: &std::path::Path) -> Daemon {
+        let opts = Options {
+            config: dir.join("lbcore.toml"),
+            socket: dir.join("lbcore.sock"),
+            state: dir.join(LBCORE_STATE_FILE),
+            manage_addresses: false,
+        };
+        let (admin, file_warnings) = OperatorStates::load(&opts.state);
+        let (ipvs, _) = Manager::start(None).expect("the IPVS thread starts");
+        Daemon {
+            opts,
+            config: Arc::new(Config::default()),
+            services: BTreeMap::new(),
+            addresses: None,
+            admin,
+            ipvs,
+            changed: Arc::new(Notify::new()),
+            file_warnings,
+            config_warnings: Vec::new(),
+        }
+    }
+}

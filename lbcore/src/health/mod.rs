@@ -15,7 +15,7 @@ mod script;
 mod tcp;
 
 #[cfg(test)]
-mod testutil;
+pub(crate) mod testutil;
 
 use std::future::Future;
 use std::net::SocketAddr;

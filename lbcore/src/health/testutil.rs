@@ -60,3 +60,14 @@ pub async fn wait_listening(port: u16) {
     }
     panic!("nothing listens on 127.0.0.1:{port} after 5 s");
 }
+
+/// Waits until 127.0.0.1:`port` can be bound again (a listener given it up).
+pub async fn wait_free(port: u16) {
+    for _ in 0..200 {
+        if std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("127.0.0.1:{port} is still taken after 5 s");
+}
