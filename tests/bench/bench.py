@@ -538,7 +538,7 @@ Do not edit the numbers by hand: run the benchmark again.
 ## Reproduce
 
 ```
-sudo tests/bench/run            # --rounds {args.rounds} --secs {args.secs} --images {args.images} --idle {args.idle} --placement {args.placement}
+tests/bench/run            # --rounds {args.rounds} --secs {args.secs} --images {args.images} --idle {args.idle} --placement {args.placement}
 ```
 
 ## Results

@@ -87,12 +87,17 @@ pub fn load(path: &Path) -> (BTreeSet<OwnedService>, Vec<Warning>) {
 
 const LEFT: &str = "IPVS services lbcore made earlier and no longer configured stay in the kernel";
 
-/// Replaces the file atomically.
+/// Replaces the file atomically; what a newer version added to it is kept.
 pub fn save(path: &Path, services: &BTreeSet<OwnedService>) -> Result<(), AtomicWriteError> {
+    let unknown = std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| serde_json::from_str::<OwnedFile>(&t).ok())
+        .map(|f| f.unknown)
+        .unwrap_or_default();
     let file = OwnedFile {
         format: FORMAT,
         services: services.clone(),
-        unknown: Unknown::new(),
+        unknown,
     };
     let text = serde_json::to_string_pretty(&file).unwrap_or_default();
     atomic::write(path, text.as_bytes(), 0o644)
