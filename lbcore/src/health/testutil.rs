@@ -1,14 +1,17 @@
-//! Helpers for the probe tests: free loopback ports, waiting for a spawned peer to listen,
-//! and scratch directories that clean up after themselves.
+//! Helpers for the probe tests: free loopback ports, waiting for a spawned peer to listen
+//! or a port to be free again, and a server that accepts and never answers.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use super::Target;
 
-/// How much later than its timeout a probe may return in the tests: scheduling on a busy
-/// 2-core CI machine, plus the A-ABORT grace of the DICOM probe.
-pub const SLACK: Duration = Duration::from_millis(500);
+/// How much later than its timeout a probe may return in the tests. The tests check
+/// *which* deadline ended the probe by its message (a probe's own deadline names the
+/// stage it was waiting in; the outer guard of `health::probe` says "probing"), so this
+/// bound only has to prove that the probe ended near its timeout rather than hanging: it
+/// is wide enough that a stall of a second or two on a busy 2-core machine cannot fail it.
+pub const SLACK: Duration = Duration::from_secs(3);
 
 /// A loopback port that was free a moment ago: the kernel picked it for a listener that is
 /// closed again before this returns, so connecting to it is refused until someone binds it.

@@ -500,25 +500,65 @@ mod tests {
         decode_service(attrs).unwrap()
     }
 
+    /// One netlink attribute as the kernel lays it out (include/net/netlink.h): length
+    /// and type in host order, the payload, padding to 4 bytes. Written here, apart from
+    /// the product's encoder, so that the decoder is checked against the kernel's layout
+    /// and not against itself.
+    fn nla(kind: u16, payload: &[u8]) -> Vec<u8> {
+        let mut v = ((4 + payload.len()) as u16).to_ne_bytes().to_vec();
+        v.extend_from_slice(&kind.to_ne_bytes());
+        v.extend_from_slice(payload);
+        v.resize(v.len().div_ceil(4) * 4, 0);
+        v
+    }
+
     #[test]
     fn dest_counters_from_the_kernel_dump() {
-        // as the kernel dumps a real server: counters and nested 64-bit statistics
-        let mut m = Message::new(0x22, 0, CMD_GET_DEST, 1);
-        m.begin_nested(CMD_ATTR_DEST)
-            .put(DEST_ATTR_ADDR, &addr_bytes("10.0.0.31".parse().unwrap()))
-            .put(DEST_ATTR_PORT, &104u16.to_be_bytes())
-            .put_u32(DEST_ATTR_FWD_METHOD, 3)
-            .put_u32(DEST_ATTR_WEIGHT, 100)
-            .put_u32(DEST_ATTR_ACTIVE_CONNS, 2)
-            .put_u32(DEST_ATTR_INACT_CONNS, 5)
-            .put_u32(DEST_ATTR_PERSIST_CONNS, 1)
-            .begin_nested(DEST_ATTR_STATS64)
-            .put(STATS_ATTR_CONNS, &4_000_000_000_123u64.to_ne_bytes())
-            .end_nested()
-            .end_nested();
-        let b = m.finish(1);
-        let d = decode_dest(Attrs(&b[20..]), AF_INET).unwrap();
-        assert_eq!(d.spec.forward, Forward::Route);
+        // a real server as ip_vs_genl_fill_dest (net/netfilter/ipvs/ip_vs_ctl.c, 6.1)
+        // writes it: a nest started without NLA_F_NESTED, the address as a 16-byte union,
+        // the tunnel attributes (13-15), both statistics nests (the u32 one wraps)
+        let mut addr = [0u8; 16];
+        addr[..4].copy_from_slice(&[10, 0, 0, 31]);
+        let mut stats32 = nla(1, &(4_000_000_000_123u64 as u32).to_ne_bytes());
+        stats32.extend(nla(2, &7u32.to_ne_bytes()));
+        let mut stats64 = nla(1, &4_000_000_000_123u64.to_ne_bytes());
+        stats64.extend(nla(4, &123_456u64.to_ne_bytes()));
+        let inner: Vec<u8> = [
+            nla(1, &addr),
+            nla(2, &104u16.to_be_bytes()),
+            nla(3, &3u32.to_ne_bytes()),
+            nla(4, &100u32.to_ne_bytes()),
+            nla(13, &[0]),
+            nla(14, &0u16.to_be_bytes()),
+            nla(15, &0u16.to_ne_bytes()),
+            nla(5, &0u32.to_ne_bytes()),
+            nla(6, &0u32.to_ne_bytes()),
+            nla(7, &2u32.to_ne_bytes()),
+            nla(8, &5u32.to_ne_bytes()),
+            nla(9, &1u32.to_ne_bytes()),
+            nla(11, &2u16.to_ne_bytes()),
+            nla(10, &stats32),
+            nla(12, &stats64),
+        ]
+        .concat();
+        let dump = nla(2, &inner);
+        let d = decode_dest(Attrs(&dump), AF_INET).unwrap();
+        assert_eq!(
+            d.key,
+            DestKey {
+                address: "10.0.0.31".parse().unwrap(),
+                port: 104
+            }
+        );
+        assert_eq!(
+            d.spec,
+            DestSpec {
+                forward: Forward::Route,
+                weight: 100,
+                upper: 0,
+                lower: 0
+            }
+        );
         assert_eq!(
             d.counters,
             Counters {
