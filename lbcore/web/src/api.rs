@@ -10,10 +10,15 @@
 //! | `GET /api/config` | – | `{"text"}`: lbcore's configuration file |
 //! | `PUT /api/config` | `{"text"}` | applied, or refused with the reason; nothing changes then |
 //! | `POST /api/services/{service}/servers/{server}/state` | `{"state": "drain"\|"halt"\|"online"}` | done |
+//! | `GET /api/openapi.json` | – | the OpenAPI 3.1 description of these routes (`openapi.json` of this crate) |
 //!
-//! Everything but login needs the session cookie; every request that changes
-//! something also needs the header `X-CSRF-Token` with the session's token, and a body
-//! of type `application/json` (which a cross-site form cannot send).
+//! Everything but login and the description needs the session cookie; every request
+//! that changes something also needs the header `X-CSRF-Token` with the session's
+//! token, and a body of type `application/json` (which a cross-site form cannot send).
+//!
+//! [`Route`] is the one list of these paths and their methods: `Api::route` finds a
+//! request's route in it, and a unit test checks that `openapi.json` describes exactly
+//! these routes and this table names them.
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -44,6 +49,75 @@ const BODY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 const MAX_USER: usize = 64;
 
 pub type Reply = Response<Full<Bytes>>;
+
+/// The OpenAPI description of the routes, served at `/api/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+/// A route of the API. Its path is written as the OpenAPI description writes it, with
+/// `{name}` for a segment that names something (a service, a real server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Login,
+    Logout,
+    Session,
+    Status,
+    Config,
+    ServerState,
+    OpenApi,
+}
+
+impl Route {
+    pub const ALL: [Route; 7] = [
+        Route::Login,
+        Route::Logout,
+        Route::Session,
+        Route::Status,
+        Route::Config,
+        Route::ServerState,
+        Route::OpenApi,
+    ];
+
+    pub fn path(self) -> &'static str {
+        match self {
+            Route::Login => "/api/login",
+            Route::Logout => "/api/logout",
+            Route::Session => "/api/session",
+            Route::Status => "/api/status",
+            Route::Config => "/api/config",
+            Route::ServerState => "/api/services/{service}/servers/{server}/state",
+            Route::OpenApi => "/api/openapi.json",
+        }
+    }
+
+    /// The methods it takes, as the `Allow` header of a 405 lists them.
+    pub fn methods(self) -> &'static str {
+        match self {
+            Route::Config => "GET, PUT",
+            Route::Login | Route::Logout | Route::ServerState => "POST",
+            Route::Session | Route::Status | Route::OpenApi => "GET",
+        }
+    }
+
+    /// The route of a path's (decoded) segments, with the values of its `{name}`
+    /// segments in order.
+    pub fn find<'a>(segments: &[&'a str]) -> Option<(Route, Vec<&'a str>)> {
+        Route::ALL.into_iter().find_map(|route| {
+            let template: Vec<&str> = route.path().split('/').filter(|s| !s.is_empty()).collect();
+            if template.len() != segments.len() {
+                return None;
+            }
+            let mut values = Vec::new();
+            for (t, s) in template.iter().zip(segments) {
+                if t.starts_with('{') {
+                    values.push(*s);
+                } else if t != s {
+                    return None;
+                }
+            }
+            Some((route, values))
+        })
+    }
+}
 
 /// A request that cannot be served, and why.
 #[derive(Debug)]
@@ -191,13 +265,16 @@ impl Api {
             .collect::<Option<_>>()
             .ok_or_else(|| Failure::new(StatusCode::BAD_REQUEST, "badly encoded path"))?;
         let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-        match segments.as_slice() {
-            ["api", "login"] => {
-                allow(&req, &[Method::POST], "POST")?;
-                self.login(req, peer).await
-            }
-            ["api", "logout"] => {
-                allow(&req, &[Method::POST], "POST")?;
+        let Some((route, values)) = Route::find(&segments) else {
+            return Err(match segments.first() {
+                Some(&"api") => Failure::new(StatusCode::NOT_FOUND, "no such API path"),
+                _ => Failure::new(StatusCode::NOT_FOUND, "not found"),
+            });
+        };
+        allow(&req, route.methods())?;
+        match route {
+            Route::Login => self.login(req, peer).await,
+            Route::Logout => {
                 let (token, _) = self.change(&req)?;
                 self.auth.logout(&token);
                 let mut r = json(
@@ -214,8 +291,7 @@ impl Api {
                 );
                 Ok(r)
             }
-            ["api", "session"] => {
-                allow(&req, &[Method::GET], "GET")?;
+            Route::Session => {
                 let (_, s) = self.session(&req, Use::Poll)?;
                 Ok(json(
                     StatusCode::OK,
@@ -225,13 +301,12 @@ impl Api {
                     },
                 ))
             }
-            ["api", "status"] => {
-                allow(&req, &[Method::GET], "GET")?;
+            Route::Status => {
                 self.session(&req, Use::Poll)?;
                 let status = self.ask(|c| c.status()).await?;
                 Ok(json(StatusCode::OK, &status))
             }
-            ["api", "config"] if req.method() == Method::GET => {
+            Route::Config if req.method() == Method::GET => {
                 self.session(&req, Use::Operator)?;
                 let text = self.config_text().await?;
                 Ok(json(
@@ -242,8 +317,7 @@ impl Api {
                     },
                 ))
             }
-            ["api", "config"] => {
-                allow(&req, &[Method::PUT], "GET, PUT")?;
+            Route::Config => {
                 let (_, s) = self.change(&req)?;
                 let body: ConfigBody = read_json(req, MAX_CONFIG_BODY).await?;
                 let _editing = self.editing.lock().await;
@@ -267,8 +341,13 @@ impl Api {
                     },
                 ))
             }
-            ["api", "services", service, "servers", server, "state"] => {
-                allow(&req, &[Method::POST], "POST")?;
+            Route::ServerState => {
+                let [service, server] = values[..] else {
+                    return Err(Failure::new(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        format!("the route {} has no service and server", route.path()),
+                    ));
+                };
                 let (_, s) = self.change(&req)?;
                 let (service, server) = (service.to_string(), server.to_string());
                 let body: StateBody = read_json(req, MAX_SMALL_BODY).await?;
@@ -283,8 +362,15 @@ impl Api {
                     },
                 ))
             }
-            ["api", ..] => Err(Failure::new(StatusCode::NOT_FOUND, "no such API path")),
-            _ => Err(Failure::new(StatusCode::NOT_FOUND, "not found")),
+            // not secret, and needed before logging in: no session
+            Route::OpenApi => {
+                let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                Ok(r)
+            }
         }
     }
 
@@ -401,8 +487,9 @@ impl Api {
     }
 }
 
-fn allow<B>(req: &Request<B>, methods: &[Method], list: &'static str) -> Result<(), Failure> {
-    if methods.contains(req.method()) {
+/// 405 unless the request's method is one of `list` (`GET, PUT`).
+fn allow<B>(req: &Request<B>, list: &'static str) -> Result<(), Failure> {
+    if list.split(", ").any(|m| m == req.method().as_str()) {
         return Ok(());
     }
     let mut f = Failure::new(
@@ -512,6 +599,109 @@ fn percent_decode(segment: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
+
+    fn description() -> serde_json::Value {
+        serde_json::from_str(OPENAPI).expect("openapi.json is not valid JSON")
+    }
+
+    /// Path → sorted methods.
+    fn sorted(
+        routes: impl Iterator<Item = (String, Vec<String>)>,
+    ) -> BTreeMap<String, Vec<String>> {
+        routes
+            .map(|(path, mut methods)| {
+                methods.sort();
+                (path, methods)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_description_lists_exactly_the_routes_there_are() {
+        let d = description();
+        assert!(
+            d["openapi"].as_str().is_some_and(|v| v.starts_with("3.1.")),
+            "{}",
+            d["openapi"]
+        );
+        const OPERATIONS: [&str; 8] = [
+            "get", "put", "post", "delete", "options", "head", "patch", "trace",
+        ];
+        let paths = d["paths"].as_object().expect("openapi.json has no paths");
+        let described = sorted(paths.iter().map(|(path, item)| {
+            let methods = OPERATIONS
+                .iter()
+                .filter(|m| item.get(**m).is_some())
+                .map(|m| m.to_uppercase())
+                .collect();
+            (path.clone(), methods)
+        }));
+        let known = sorted(Route::ALL.iter().map(|r| {
+            let methods = r.methods().split(", ").map(String::from).collect();
+            (r.path().to_string(), methods)
+        }));
+        assert_eq!(described, known);
+    }
+
+    #[test]
+    fn the_route_table_of_the_module_doc_names_every_route() {
+        let doc: String = include_str!("api.rs")
+            .lines()
+            .take_while(|l| l.starts_with("//!"))
+            .collect();
+        for r in Route::ALL {
+            for m in r.methods().split(", ") {
+                let row = format!("| `{m} {}` |", r.path());
+                assert!(doc.contains(&row), "the module doc has no row {row}");
+            }
+        }
+    }
+
+    #[test]
+    fn every_reference_of_the_description_resolves() {
+        fn walk(v: &serde_json::Value, root: &serde_json::Value, found: &mut usize) {
+            match v {
+                serde_json::Value::Object(map) => {
+                    if let Some(r) = map.get("$ref") {
+                        let target = r.as_str().and_then(|r| r.strip_prefix('#'));
+                        assert!(
+                            target.and_then(|t| root.pointer(t)).is_some(),
+                            "$ref {r} does not resolve"
+                        );
+                        *found += 1;
+                    }
+                    map.values().for_each(|v| walk(v, root, found));
+                }
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, root, found)),
+                _ => {}
+            }
+        }
+        let d = description();
+        let mut found = 0;
+        walk(&d, &d, &mut found);
+        assert!(found > 100, "only {found} references");
+    }
+
+    #[test]
+    fn routes_are_found_with_the_names_in_their_path() {
+        assert_eq!(
+            Route::find(&["api", "services", "PACS", "servers", "DS1", "state"]),
+            Some((Route::ServerState, vec!["PACS", "DS1"]))
+        );
+        assert_eq!(
+            Route::find(&["api", "status"]),
+            Some((Route::Status, vec![]))
+        );
+        assert_eq!(
+            Route::find(&["api", "openapi.json"]),
+            Some((Route::OpenApi, vec![]))
+        );
+        assert_eq!(Route::find(&["api", "services", "PACS"]), None);
+        assert_eq!(Route::find(&["api", "status", "x"]), None);
+        assert_eq!(Route::find(&["status"]), None);
+        assert_eq!(Route::find(&[]), None);
+    }
 
     #[test]
     fn cookies_are_found_among_others() {
