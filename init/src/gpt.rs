@@ -1,14 +1,17 @@
 //! A small GPT editor for one job: when the disk was enlarged, move the backup GPT
 //! to the new end of the disk and extend the last partition (the data partition)
 //! into the new space, keeping 1 MiB alignment. The backup copy is written first and
-//! the primary last, each synced, so a power cut leaves a valid table.
+//! the primary last, each synced, so a power cut leaves a valid table. The table is
+//! read (and checked) by `appliance::gpt`.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
-const SIGNATURE: &[u8; 8] = b"EFI PART";
 const ALIGN_BYTES: u64 = 1024 * 1024;
+
+pub use appliance::gpt::crc32;
+use appliance::gpt::{self as table, Table, u64_at};
 
 /// Errors reading or writing the table.
 #[derive(Debug, thiserror::Error)]
@@ -25,32 +28,6 @@ pub enum GptError {
     NoPartition(String, u32),
 }
 
-/// CRC-32 (IEEE 802.3), as GPT uses.
-pub fn crc32(data: &[u8]) -> u32 {
-    let mut crc = 0xFFFF_FFFFu32;
-    for &b in data {
-        crc ^= u32::from(b);
-        for _ in 0..8 {
-            crc = if crc & 1 != 0 {
-                (crc >> 1) ^ 0xEDB8_8320
-            } else {
-                crc >> 1
-            };
-        }
-    }
-    !crc
-}
-
-fn u32_at(b: &[u8], o: usize) -> u32 {
-    let mut a = [0u8; 4];
-    a.copy_from_slice(&b[o..o + 4]);
-    u32::from_le_bytes(a)
-}
-fn u64_at(b: &[u8], o: usize) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&b[o..o + 8]);
-    u64::from_le_bytes(a)
-}
 fn put_u32(b: &mut [u8], o: usize, v: u32) {
     b[o..o + 4].copy_from_slice(&v.to_le_bytes());
 }
@@ -83,43 +60,19 @@ pub fn grow_last(
         .write(true)
         .open(disk)
         .map_err(io)?;
-    if !(512..=65536).contains(&sector) || !sector.is_power_of_two() {
-        return Err(GptError::Damaged(name, "sector size"));
-    }
-    let ss = sector as usize;
+    let t = match Table::read(&mut f, sector) {
+        Ok(t) => t,
+        Err(table::GptError::Io(e)) => return Err(io(e)),
+        Err(table::GptError::NoGpt) => return Err(GptError::NoGpt(name)),
+        Err(table::GptError::Damaged(what)) => return Err(GptError::Damaged(name, what)),
+    };
     let total = size / sector;
     if total < 128 {
         return Ok(None);
     }
-    let mut hdr = vec![0u8; ss];
-    f.seek(SeekFrom::Start(sector)).map_err(io)?;
-    f.read_exact(&mut hdr).map_err(io)?;
-    if &hdr[..8] != SIGNATURE {
-        return Err(GptError::NoGpt(name));
-    }
-    let hsize = u32_at(&hdr, 12) as usize;
-    if !(92..=ss).contains(&hsize) {
-        return Err(GptError::Damaged(name, "header size"));
-    }
-    let mut check = hdr[..hsize].to_vec();
-    put_u32(&mut check, 16, 0);
-    if crc32(&check) != u32_at(&hdr, 16) {
-        return Err(GptError::Damaged(name, "header checksum"));
-    }
-    let backup_lba = u64_at(&hdr, 32);
-    let last_usable = u64_at(&hdr, 48);
-    let entries_lba = u64_at(&hdr, 72);
-    let count = u32_at(&hdr, 80) as usize;
-    let esize = u32_at(&hdr, 84) as usize;
-    if esize < 128 || count == 0 || count > 1024 {
-        return Err(GptError::Damaged(name, "entry table"));
-    }
-    let mut entries = vec![0u8; count * esize];
-    f.seek(SeekFrom::Start(entries_lba * sector)).map_err(io)?;
-    f.read_exact(&mut entries).map_err(io)?;
-    if crc32(&entries) != u32_at(&hdr, 88) {
-        return Err(GptError::Damaged(name, "entry checksum"));
-    }
+    let (hdr, hsize, mut entries, esize) = (t.header, t.header_size, t.entries, t.entry_size);
+    let (backup_lba, last_usable, entries_lba) = (t.backup_lba, t.last_usable, t.entries_lba);
+    let count = entries.len() / esize;
     let entry_sectors = (entries.len() as u64).div_ceil(sector);
     let new_backup = total - 1;
     let Some(new_last_usable) = new_backup.checked_sub(entry_sectors + 1) else {

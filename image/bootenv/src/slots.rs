@@ -3,6 +3,10 @@
 //! checks grub.cfg and genimage.cfg against). The file is compiled in and read by
 //! `const fn`s, so a key that is missing or a line that bash and this parser could
 //! read differently fails the build of bootenv, not a boot.
+//!
+//! The update agent (image/update) compiles this same file in (`#[path]`); each of the
+//! two uses part of it.
+#![allow(dead_code)]
 
 /// `image/slots.conf`, as it was when bootenv was compiled.
 pub const CONF: &str = include_str!("../../slots.conf");
@@ -26,6 +30,27 @@ pub const DEFAULT_GOOD_SLOT: &str = default_of(GOOD_SLOT);
 pub const MAX_TRIES: u8 = number(conf("MAX_TRIES"));
 /// The tries `bootenv try SLOT` gives when none are named.
 pub const UPDATE_TRIES: u8 = number(conf("UPDATE_TRIES"));
+/// The GPT names of the slot partitions (the update agent writes them).
+pub const SLOT_A_NAME: &str = conf("SLOT_A_NAME");
+pub const SLOT_B_NAME: &str = conf("SLOT_B_NAME");
+
+/// The GPT name of `slot`'s partition (`a` → `slot_a`); `None` for what is not a slot.
+pub fn partition_name(slot: &str) -> Option<&'static str> {
+    match slot {
+        "a" => Some(SLOT_A_NAME),
+        "b" => Some(SLOT_B_NAME),
+        _ => None,
+    }
+}
+
+/// The other slot (`a` ↔ `b`).
+pub fn other(slot: &str) -> Option<&'static str> {
+    match slot {
+        "a" => Some("b"),
+        "b" => Some("a"),
+        _ => None,
+    }
+}
 
 const _: () = {
     assert!(
@@ -43,6 +68,10 @@ const _: () = {
     assert!(
         default_of(BOOT_TRIES).is_empty(),
         "slots.conf: a new disk has no slot on trial"
+    );
+    assert!(
+        count(SLOTS, b' ') == 2 && is_slot("a") && is_slot("b"),
+        "slots.conf: the slots are a and b (partition_name and other know them)"
     );
     assert!(
         count(DEFAULT_ENV, b' ') == 3,

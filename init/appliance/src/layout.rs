@@ -26,6 +26,8 @@ pub const MARK_GOOD_HOOK: &str = "usr/lib/init/mark-good";
 pub const MODULES_FILE: &str = "etc/init/modules";
 /// The software version of the image, relative to the root (one line).
 pub const VERSION_FILE: &str = "etc/version";
+/// The public keys an update archive may be signed with, relative to the root.
+pub const UPDATE_KEYS_DIR: &str = "etc/medlb/update-keys";
 /// Port of the web UI, shown on the console's status screen.
 pub const WEB_UI_PORT: u16 = 9443;
 /// The operator's Drain/Halt settings, beside lbcore's configuration file.
@@ -122,6 +124,21 @@ impl Layout {
         self.data.join("updates")
     }
 
+    /// The update agent's state: `/data/updates/state.json`.
+    pub fn update_state(&self) -> PathBuf {
+        self.updates_dir().join("state.json")
+    }
+
+    /// An archive being received or staged: `/data/updates/incoming/`.
+    pub fn update_incoming(&self) -> PathBuf {
+        self.updates_dir().join("incoming")
+    }
+
+    /// Where an install keeps the verified parts and the slot's image: `/data/updates/work/`.
+    pub fn update_work(&self) -> PathBuf {
+        self.updates_dir().join("work")
+    }
+
     /// TLS certificate and key of the web UI: `/data/tls`.
     pub fn tls_dir(&self) -> PathBuf {
         self.data.join("tls")
@@ -130,6 +147,11 @@ impl Layout {
     /// init's control socket: `/run/init.sock`.
     pub fn control_socket(&self) -> PathBuf {
         self.run.join("init.sock")
+    }
+
+    /// The update agent's control socket: `/run/update.sock`.
+    pub fn update_socket(&self) -> PathBuf {
+        self.run.join("update.sock")
     }
 
     /// lbcore's control socket (lbcore creates it): `/run/lbcore.sock`.

@@ -10,10 +10,12 @@
 //! - [`atomic`]: the one way a file is replaced, so that a crash or power loss leaves
 //!   the old content or the new, never a torn file.
 //! - [`net`]: address and subnet arithmetic (on `ipnet`).
+//! - [`gpt`]: reading the disk's GUID partition table (slots and data by GPT name).
 //! - [`logging`]: the `tracing` set-up of the programs that log to stderr for init.
 
 pub mod atomic;
 pub mod files;
+pub mod gpt;
 pub mod layout;
 pub mod logging;
 pub mod net;

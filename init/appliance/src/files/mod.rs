@@ -18,12 +18,14 @@
 //! | `config/lbcore.toml` | [`lbcore`] | lbcore, with the text lbctl or the web API submitted |
 //! | `config/lbcore-state.json` | [`operator_state`] | lbcore (Drain / Halt of real servers) |
 //! | `config/lbcore-ipvs.json` | [`ipvs_owned`] | lbcore (the IPVS services it made) |
+//! | `updates/state.json` | [`update_state`] | the update agent (where an update is) |
 
 pub mod admin;
 pub mod ipvs_owned;
 pub mod lbcore;
 pub mod network;
 pub mod operator_state;
+pub mod update_state;
 
 use std::collections::BTreeMap;
 use std::fmt;
