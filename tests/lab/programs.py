@@ -67,6 +67,7 @@ PROGRAMS = {p.name: p for p in [
     Program("cat", "/bin/cat", "coreutils", "tests/lbcore ARP test: a MAC address inside a namespace"),
     Program("cp", "/bin/cp", "coreutils", "lab.vm.disk_copy (sparse copies), tests/image"),
     Program("dd", "/bin/dd", "coreutils", "tests/image: partitions in and out of a disk"),
+    Program("minisign", "/usr/bin/minisign", "minisign", "image/build signs the update archive; the update tests check it as an operator would"),
     Program("rm", "/bin/rm", "coreutils", "tests/init module test: the kernel cache"),
     Program("env", "/usr/bin/env", "coreutils", "tests/bench: TCP_NODELAY=1 for dcmtk"),
     Program("apt-get", "/usr/bin/apt-get", "apt", "tests/init module test: downloads Debian's kernel package"),
@@ -74,6 +75,11 @@ PROGRAMS = {p.name: p for p in [
     Program("dpkg-deb", "/usr/bin/dpkg-deb", "dpkg", "tests/init module test: unpacks the kernel package"),
     Program("shellcheck", "/usr/bin/shellcheck", "shellcheck", "tests/run: lints every shell script"),
     Program("bash", "/bin/bash", "bash", "tests/image/test_build_description.py: how bash reads image/slots.conf"),
+    Program("nsenter", "/usr/bin/nsenter", "util-linux", "tests/init: commands in init's namespaces (data partition, hostname)"),
+    Program("partx", "/usr/bin/partx", "util-linux", "tests/init data partition test: a GPT's partitions on a loop device"),
+    Program("mount", "/bin/mount", "mount", "tests/init data partition test: the private /sys/class/block view"),
+    Program("openssl", "/usr/bin/openssl", "openssl", "tests/lbcore web API test: a hospital's CA and server certificate"),
+    Program("ldd", "/usr/bin/ldd", "libc-bin", "tests/image/test_probe.py: the test probe needs only the image's libraries"),
 ]}
 
 # The directories Debian's packages install programs into (no /usr/local).
