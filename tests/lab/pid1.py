@@ -1,12 +1,18 @@
 """init's system tests (tests/init): init run as PID 1 of fresh pid, mount, net, uts
 and ipc namespaces (unshare), what runs below it read from /proc, and cleanup of
-everything a test started."""
+everything a test started.
+
+Its root (`--root`: resolv.conf, the mark-good hook, lbctl) is an empty directory of
+the test, so that an init with its network on never writes the host's /etc/resolv.conf.
+`netns=NAME` runs it in a network namespace the test made (`ip netns add`, with the
+links it wants there) instead of a fresh empty one."""
 
 import json
 import os
 import re
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 from lab.binaries import BIN_DIR
@@ -36,6 +42,11 @@ def proc_state(pid):
     return stat.rsplit(")", 1)[1].split()[0]
 
 
+def alive(pid):
+    """Whether host process `pid` exists and has not ended (a zombie has ended)."""
+    return proc_state(pid) not in (None, "Z")
+
+
 def ns_pid(pid):
     """The pid of host process `pid` inside its innermost pid namespace."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -47,18 +58,22 @@ def ns_pid(pid):
 class Pid1:
     """init running as PID 1 of new pid, mount, net, uts and ipc namespaces."""
 
-    def __init__(self, tmp: Path, services: str, extra=(), console="none", network=False):
+    def __init__(self, tmp: Path, services: str, extra=(), console="none", network=False, netns=None):
         self.tmp = tmp
         self.data = tmp / "data"
         self.run = tmp / "run"
-        self.data.mkdir(exist_ok=True)
-        self.run.mkdir(exist_ok=True)
+        self.root = tmp / "root"
+        for d in (self.data, self.run, self.root):
+            d.mkdir(exist_ok=True)
         self.services = tmp / "services.toml"
         self.services.write_text(services)
         self.log = tmp / "stderr.log"
-        args = [
-            program("unshare"), "--pid", "--fork", "--mount-proc", "--net", "--uts", "--ipc",
-            str(INIT), "--data", str(self.data), "--run", str(self.run),
+        # `ip netns exec` enters the namespace (and mounts a /sys of it), then execs unshare.
+        enter = [program("ip"), "netns", "exec", netns] if netns else []
+        args = enter + [
+            program("unshare"), "--pid", "--fork", "--mount-proc", "--uts", "--ipc",
+            *([] if netns else ["--net"]),
+            str(INIT), "--root", str(self.root), "--data", str(self.data), "--run", str(self.run),
             "--services", str(self.services), "--console", console,
             "--no-mounts", "--no-modules", "--exit-on-shutdown", "--log-stderr",
         ]
@@ -101,6 +116,24 @@ class Pid1:
                 continue
             todo += children(p)
         return None
+
+    def live_children(self):
+        """Host pids of init's children that have not ended: its services' processes."""
+        return [c for c in children(self.init_pid) if alive(c)]
+
+    def wait_new_child(self, old=(), timeout=10.0, interval=0.002):
+        """Polls /proc until init has a live child not in `old`; returns its host pid
+        and the monotonic time it was first seen."""
+        deadline = time.monotonic() + timeout
+        while True:
+            new = [c for c in self.live_children() if c not in old]
+            now = time.monotonic()
+            if new:
+                return new[0], now
+            if now > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for a new child of init "
+                                     f"(old {list(old)}):\n{self.text()}")
+            time.sleep(interval)
 
     def descendants(self):
         out, todo = [], [self.init_pid]
