@@ -1,6 +1,7 @@
 """lbcore run in a test host's network namespace with its configuration in a temporary
-directory, driven through lbctl (status as JSON, reload, drain/halt/online). VIP is
-the service address of tests/lbcore's lab (10.77.0.0/24)."""
+directory, driven through lbctl (status as JSON, reload, apply, drain/halt/online). VIP
+is the service address of tests/lbcore's lab (10.77.0.0/24); STALL the allowance every
+timing bound of tests/lbcore adds once."""
 
 import json
 import os
@@ -14,9 +15,18 @@ from lab.wait import wait_for
 
 VIP = "10.77.0.100"
 
+# A loaded two-core machine (other tests and VMs run beside the suite) can stall a test
+# or lbcore for a second or so. Every timing bound of tests/lbcore is what the
+# configured values give, plus this once: long enough for such a stall, short enough
+# that a bound still tells a configured value from a default.
+STALL = 1.5
+
 
 class Lbcore:
-    """lbcore running in the lab's `lb` host, with its configuration in a temp dir."""
+    """lbcore running in the lab's `lb` host, with its configuration in a temp dir.
+    Only --config and --socket are passed (plus `extra_args`), so every other file of
+    lbcore's (lbcore-state.json, ...) is where lbcore puts it by default: beside the
+    configuration, in `dir`."""
 
     def __init__(self, lab, config_text, extra_args=(), files=None):
         self.lab = lab
@@ -25,6 +35,7 @@ class Lbcore:
         self.config = self.dir / "lbcore.toml"
         self.socket = self.dir / "lbcore.sock"
         self.log_path = self.dir / "lbcore.log"
+        self.extra_args = tuple(extra_args)
         if config_text is not None:
             self.config.write_text(config_text)
         # other files of lbcore's beside the configuration (lbcore-state.json, ...), as
@@ -32,14 +43,25 @@ class Lbcore:
         for name, text in (files or {}).items():
             (self.dir / name).write_text(text)
         self.log_file = open(self.log_path, "w")
+        self._spawn()
+
+    def _spawn(self):
         env = dict(os.environ, LBCORE_LOG="info")
         self.process = self.host.spawn(
-            [binary("lbcore"), "--config", str(self.config), "--socket", str(self.socket), *extra_args],
+            [binary("lbcore"), "--config", str(self.config), "--socket", str(self.socket), *self.extra_args],
             stdout=self.log_file, stderr=subprocess.STDOUT, env=env,
         )
         wait_for(lambda: self.socket.exists() or self.process.poll() is not None, 10, what="lbcore's control socket")
         if self.process.poll() is not None:
             raise AssertionError(f"lbcore exited with {self.process.returncode}:\n{self.log()}")
+
+    def restart(self):
+        """Stops lbcore (SIGTERM) and starts it again on the same directory: the same
+        configuration file, the same files beside it, the log continued."""
+        assert self.stop() == 0, self.log()
+        self.socket.unlink(missing_ok=True)
+        self.log_file = open(self.log_path, "a")
+        self._spawn()
 
     def log(self):
         return self.log_path.read_text()
