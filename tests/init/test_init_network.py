@@ -330,7 +330,7 @@ def test_dhcp_lease_renewed_at_t1_and_released(dhcp):
     times = [t for t, a in server.acks()]
     assert {a for t, a in server.acks()} == {ip}
     for before, after in zip(times, times[1:]):
-        assert t1 - 0.5 <= after - before <= t1 * 1.5, f"renewal {after - before:.1f} s after the last, T1 = {t1} s"
+        assert t1 * 0.8 <= after - before <= t1 * 1.5, f"renewal {after - before:.1f} s after the last, T1 = {t1} s"
     assert ip in dhcp.leases.read_text()
     os.killpg(dhcp.client.pid, signal.SIGTERM)
     dhcp.client.wait(timeout=10)
@@ -360,7 +360,9 @@ def test_dhcp_rebinds_with_another_server_at_t2_keeping_the_address(dhcp):
     assert address == addrs[0].split("/")[0]
     assert missing == [], f"eth0 lost its address at {missing} s"
     after = acked - bound
-    assert t2 - 1 <= after <= t2 * 1.25, f"rebound {after:.1f} s after the lease, T1 = {t1} s, T2 = {t2} s"
+    # Not before T2 (less the time the test takes to see the lease: an eighth of T2
+    # is plenty, and still far above T1), and soon after it.
+    assert t2 * 0.875 <= after <= t2 * 1.25, f"rebound {after:.1f} s after the lease, T1 = {t1} s, T2 = {t2} s"
     wait_for(lambda: ("default", "10.197.0.2", "eth0") in dhcp.n.routes(), timeout=5,
              what=f"the default route through the second server's router: {dhcp.n.routes()}")
     assert dhcp.n.addrs("eth0") == addrs
@@ -377,7 +379,7 @@ def test_dhcp_expired_lease_removes_the_address_and_a_returning_server_gives_one
     wait_for(lambda: dhcp.n.addrs("eth0") == [], timeout=lease_s * 2, interval=0.05,
              what=f"the address to go at the end of the lease:\n{dhcp.text()}")
     gone = time.monotonic() - bound
-    assert lease_s - 1 <= gone <= lease_s * 1.25, f"address removed {gone:.1f} s after the lease, lease {lease_s} s"
+    assert lease_s * 0.95 <= gone <= lease_s * 1.25, f"address removed {gone:.1f} s after the lease, lease {lease_s} s"
     sh(IP, "-n", dhcp.n.p, "addr", "del", "10.197.0.1/24", "dev", "peer0")
     back = dhcp.server("10.197.0.1", lease_s, t1, t2)
     again, _ = dhcp.wait_address(timeout=lease_s)

@@ -204,6 +204,7 @@ def test_sigterm_ignored_is_followed_by_sigkill_after_stop_timeout(pid1, tmp_pat
     on) is still alive just before stop_timeout_ms and gone by stop_timeout_ms plus
     half of it, by `init ctl stop` and at shutdown; it saw SIGTERM and nothing else."""
     stop_timeout_ms = 1200
+    backoff_initial_ms = 100
     signals = tmp_path / "signals"
     traps = "; ".join(f"trap 'echo {n} >> {signals}' {n}" for n in CATCHABLE)
     p = pid1(f"""
@@ -212,6 +213,7 @@ name = "stubborn"
 command = "/bin/sh"
 args = ["-c", "{traps}; echo up; while :; do sleep 0.05; done"]
 stop_timeout_ms = {stop_timeout_ms}
+backoff_initial_ms = {backoff_initial_ms}
 [service.ready]
 line = "up"
 """)
@@ -229,7 +231,7 @@ line = "up"
         f"gone after {gone_ms:.0f} ms, stop_timeout_ms = {stop_timeout_ms}")
     assert signals.read_text().split() == ["15"], "it got SIGTERM only (then the uncatchable SIGKILL)"
     if how == "ctl-stop":
-        time.sleep(0.5)  # default backoff_initial_ms is 100: a restart would be there
+        time.sleep(5 * backoff_initial_ms / 1000)  # a restart would be there by now
         assert p.live_children() == [], "a stopped service stays stopped"
         assert p.terminate() == 0
     else:
