@@ -160,12 +160,6 @@ def test_changes_apply_as_a_diff(nets, tmp_path):
     assert n.apply(second).stdout.strip() == "no changes"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: the new address is added, then the old one removed; the old one is the "
-    "interface's primary address, and with promote_secondaries 0 (the kernel's default, "
-    "and the appliance's) the kernel removes its secondaries with it, the new address "
-    "among them: eth0 is left with no IPv4 address, and the default route fails with "
-    "'Network is unreachable'"))
 def test_address_changed_within_its_subnet_is_applied(nets, tmp_path):
     n = nets("p")
     sh(IP, "netns", "exec", n.a, program("sysctl"), "-qw", "net.ipv4.conf.eth0.promote_secondaries=0")

@@ -516,11 +516,5 @@ def test_menu_rerun_network_setup_rewrites_network_toml_and_applies_it(tmp_path)
     rerun_network_setup(tmp_path, "10.194.1.3/24", "10.194.1.1")
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "product bug: a new address in the same subnet as the old one is added, then the "
-    "old one removed; the old one is the primary address and the kernel (with "
-    "promote_secondaries 0, its default and the appliance's) removes its secondaries "
-    "with it: the new address and lbcore's service addresses. eth0 is left with no "
-    "IPv4 address and the default route fails (Network is unreachable) until the next boot"))
 def test_menu_new_address_in_the_same_subnet_is_applied_and_service_addresses_kept(tmp_path):
     rerun_network_setup(tmp_path, "10.194.0.3/24", "10.194.0.1", service_address="10.194.0.70/24")

@@ -756,8 +756,6 @@ def test_lbctl_apply_refuses_an_invalid_configuration_and_changes_nothing(lab, l
     assert spread(lab, 3) == {"RS1": 3}
 
 
-@pytest.mark.xfail(strict=True, reason="lbctl apply FILE: the refusal names lbcore's own configuration file "
-                   "(the one it runs from, which is unchanged and valid) instead of FILE, whose line it gives")
 def test_lbctl_apply_names_the_submitted_file_in_a_refusal(lab, lbcore, peers, tmp_path):
     peers("rs1")
     lb = lbcore(config(("rs1",), lab=lab))

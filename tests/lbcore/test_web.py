@@ -275,8 +275,6 @@ def test_a_login_lockout_lasts_a_minute_and_then_the_right_password_works(lbcore
     assert w.request("GET", "/api/status")[0] == 200
 
 
-@pytest.mark.xfail(strict=True, reason="Retry-After is the lockout left rounded down (59 when 59.9 s are left), "
-                   "so a client that waits exactly Retry-After seconds is refused again (429, Retry-After: 1)")
 def test_a_client_that_waits_retry_after_is_let_in(lbcore, web, servers):
     w = web(lbcore(config()))
     fifth_sent, fifth_answered, refused, retry_after = lock_out(w)

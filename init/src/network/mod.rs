@@ -290,6 +290,10 @@ impl Manager {
                 .filter(|p| p.name == ifc.name)
                 .flat_map(|p| p.addresses.clone())
                 .collect();
+            // Removing the interface's primary address would take every other address
+            // of its subnet with it (the new one, lbcore's service addresses) unless the
+            // kernel promotes one of them to primary instead.
+            promote_secondaries(&ifc.name);
             for (c, m) in have {
                 if before.contains(&c)
                     && !ifc.addresses.contains(&c)
@@ -420,5 +424,14 @@ impl Manager {
         for (_, c) in clients {
             c.stop().await;
         }
+    }
+}
+
+/// Lets the kernel keep an interface's other addresses of a subnet when its primary one
+/// is removed (net.ipv4.conf.IFNAME.promote_secondaries = 1); a failure is logged.
+fn promote_secondaries(ifname: &str) {
+    let path = format!("/proc/sys/net/ipv4/conf/{ifname}/promote_secondaries");
+    if let Err(e) = std::fs::write(&path, "1") {
+        crate::info!("network: cannot set {path}: {e}");
     }
 }

@@ -105,10 +105,12 @@ impl Client {
         }
     }
 
-    /// Makes `config` the configuration (file and running), or changes nothing.
-    pub fn apply(&self, config: &str) -> Result<Applied, CallError> {
+    /// Makes `config` the configuration (file and running), or changes nothing;
+    /// `origin` names it in a refusal (a file name).
+    pub fn apply(&self, config: &str, origin: Option<&str>) -> Result<Applied, CallError> {
         let request = Request::Apply {
             config: config.into(),
+            origin: origin.map(str::to_owned),
         };
         match self.call(&request)? {
             Answer::Applied(a) => Ok(a),

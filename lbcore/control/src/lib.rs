@@ -56,8 +56,13 @@ pub enum Request {
     Reload,
     /// Makes `config` (TOML text) the configuration: validated strictly and its ports
     /// bound first, then written to the configuration file atomically, then applied. A
-    /// refused one changes neither the file nor what runs.
-    Apply { config: String },
+    /// refused one changes neither the file nor what runs. `origin` names the text in a
+    /// refusal (the file lbctl read it from; absent: "the submitted configuration").
+    Apply {
+        config: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        origin: Option<String>,
+    },
     /// The configuration file's text, as the running configuration was read from it.
     ShowConfig,
 }

@@ -53,7 +53,13 @@ fn main() -> ExitCode {
         Command::Online { service, server } => (set(service, server, AdminState::Online), false),
         Command::Reload => (Request::Reload, false),
         Command::Apply { file } => match std::fs::read_to_string(&file) {
-            Ok(config) => (Request::Apply { config }, false),
+            Ok(config) => (
+                Request::Apply {
+                    config,
+                    origin: Some(file.display().to_string()),
+                },
+                false,
+            ),
             Err(e) => {
                 eprintln!("lbctl: cannot read {}: {e}", file.display());
                 return ExitCode::from(2);

@@ -98,10 +98,16 @@ impl Daemon {
     /// refused). The file is replaced only once the configuration is known to be valid
     /// and its ports are bound, so that what runs and what the next start reads stay
     /// the same.
-    pub(super) async fn apply_text(&mut self, text: String) -> Result<Applied, ChangeError> {
+    pub(super) async fn apply_text(
+        &mut self,
+        text: String,
+        origin: Option<String>,
+    ) -> Result<Applied, ChangeError> {
         let path = self.opts.config.clone();
+        // a refusal names the text where it came from, not the file it would replace
+        let origin = PathBuf::from(origin.unwrap_or_else(|| "the submitted configuration".into()));
         let result = async {
-            let new = config::parse(&text).map_err(|e| e.with_path(&path))?;
+            let new = config::parse(&text).map_err(|e| e.with_path(&origin))?;
             let prepared = self.prepare(new)?;
             let target = path.clone();
             let saved =
@@ -522,7 +528,7 @@ mod tests {
         let mut d = Daemon::for_test(dir.path());
         let p1 = free_port();
         let good = text(&[p1], 100);
-        let applied = d.apply_text(good.clone()).await.unwrap();
+        let applied = d.apply_text(good.clone(), None).await.unwrap();
         assert!(
             applied.message.contains("1 service(s)"),
             "{}",
@@ -531,7 +537,12 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&d.opts.config).unwrap(), good);
 
         let typo = good.replace("weight = 100", "weigth = 100");
-        let e = d.apply_text(typo).await.err().unwrap();
+        let e = d
+            .apply_text(typo, Some("new.toml".into()))
+            .await
+            .err()
+            .unwrap();
+        assert!(e.to_string().starts_with("new.toml: "), "{e}");
         assert!(e.to_string().contains("unknown field `weigth`"), "{e}");
         assert_eq!(e.kind(), RefusalKind::Invalid);
         assert_eq!(std::fs::read_to_string(&d.opts.config).unwrap(), good);

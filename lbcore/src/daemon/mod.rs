@@ -191,7 +191,9 @@ impl Daemon {
                 return;
             }
             Request::Reload => self.reload().await.map(Answer::Applied),
-            Request::Apply { config } => self.apply_text(config).await.map(Answer::Applied),
+            Request::Apply { config, origin } => {
+                self.apply_text(config, origin).await.map(Answer::Applied)
+            }
             Request::ShowConfig => self
                 .config_text()
                 .await

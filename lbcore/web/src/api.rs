@@ -11,10 +11,17 @@
 //! | `PUT /api/config` | `{"text"}` | applied, or refused with the reason; nothing changes then |
 //! | `POST /api/services/{service}/servers/{server}/state` | `{"state": "drain"\|"halt"\|"online"}` | done |
 //! | `GET /api/openapi.json` | – | the OpenAPI 3.1 description of these routes (`openapi.json` of this crate) |
+//! | `GET /api/update` | – | the software update: running version and slot, step, progress, last result |
+//! | `PUT /api/update/archive` | the archive (`application/octet-stream`), `?name=NAME` | staged (streamed to the update agent) |
+//! | `PUT /api/update/checksum` | `{"text"}`: the archive's `.sha256` file | staged |
+//! | `POST /api/update/install` | `{"allow_downgrade"}` (optional) | verified and installed into the other slot, or refused with the check that failed |
+//! | `POST /api/update/discard` | – | what was staged is forgotten |
+//! | `POST /api/system/reboot` | – | the appliance restarts (an installed update then boots) |
 //!
 //! Everything but login and the description needs the session cookie; every request
 //! that changes something also needs the header `X-CSRF-Token` with the session's
-//! token, and a body of type `application/json` (which a cross-site form cannot send).
+//! token, and a body of type `application/json` (which a cross-site form cannot send;
+//! the archive upload, whose body is the archive, needs the token like every change).
 //!
 //! [`Route`] is the one list of these paths and their methods: `Api::route` finds a
 //! request's route in it, and a unit test checks that `openapi.json` describes exactly
@@ -32,8 +39,11 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tracing::{error, info, warn};
 
+use super::Lifetime;
 use super::auth::{self, Auth, LoginError, Session, Use};
+use super::update::Updates;
 use lbcore_control::{AdminState, CallError, Client, RefusalKind};
+use lbupdate::protocol::{Answer as UpdateAnswer, Request as UpdateRequest};
 
 /// `__Host-`: browsers accept the cookie only from this host, over HTTPS, for the whole
 /// site, so a neighbouring host name cannot plant or shadow a session.
@@ -64,10 +74,16 @@ pub enum Route {
     Config,
     ServerState,
     OpenApi,
+    Update,
+    UpdateArchive,
+    UpdateChecksum,
+    UpdateInstall,
+    UpdateDiscard,
+    Reboot,
 }
 
 impl Route {
-    pub const ALL: [Route; 7] = [
+    pub const ALL: [Route; 13] = [
         Route::Login,
         Route::Logout,
         Route::Session,
@@ -75,6 +91,12 @@ impl Route {
         Route::Config,
         Route::ServerState,
         Route::OpenApi,
+        Route::Update,
+        Route::UpdateArchive,
+        Route::UpdateChecksum,
+        Route::UpdateInstall,
+        Route::UpdateDiscard,
+        Route::Reboot,
     ];
 
     pub fn path(self) -> &'static str {
@@ -86,6 +108,12 @@ impl Route {
             Route::Config => "/api/config",
             Route::ServerState => "/api/services/{service}/servers/{server}/state",
             Route::OpenApi => "/api/openapi.json",
+            Route::Update => "/api/update",
+            Route::UpdateArchive => "/api/update/archive",
+            Route::UpdateChecksum => "/api/update/checksum",
+            Route::UpdateInstall => "/api/update/install",
+            Route::UpdateDiscard => "/api/update/discard",
+            Route::Reboot => "/api/system/reboot",
         }
     }
 
@@ -93,8 +121,14 @@ impl Route {
     pub fn methods(self) -> &'static str {
         match self {
             Route::Config => "GET, PUT",
-            Route::Login | Route::Logout | Route::ServerState => "POST",
-            Route::Session | Route::Status | Route::OpenApi => "GET",
+            Route::UpdateArchive | Route::UpdateChecksum => "PUT",
+            Route::Login
+            | Route::Logout
+            | Route::ServerState
+            | Route::UpdateInstall
+            | Route::UpdateDiscard
+            | Route::Reboot => "POST",
+            Route::Session | Route::Status | Route::OpenApi | Route::Update => "GET",
         }
     }
 
@@ -129,7 +163,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(status: StatusCode, message: impl Into<String>) -> Failure {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Failure {
         Failure {
             status,
             message: message.into(),
@@ -213,26 +247,63 @@ struct StateBody {
     state: AdminState,
 }
 
+/// The archive's checksum file, as text.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChecksumBody {
+    text: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstallBody {
+    #[serde(default)]
+    allow_downgrade: bool,
+}
+
+/// How long a connection that carries an update (upload or install) may stay open.
+const UPLOAD_LIFETIME: std::time::Duration = std::time::Duration::from_secs(30 * 60);
+
+fn unexpected_update(a: &UpdateAnswer) -> Failure {
+    Failure::new(
+        StatusCode::BAD_GATEWAY,
+        format!("the update agent answered `{}`", a.name()),
+    )
+}
+
+/// The decoded value of query parameter `name`.
+fn query<B>(req: &Request<B>, name: &str) -> Option<String> {
+    req.uri()
+        .query()?
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == name)
+        .and_then(|(_, v)| percent_decode(v))
+}
+
 pub struct Api {
     auth: Auth,
     /// lbcore's control socket.
     control: Client,
+    /// The update agent and init, for the update routes.
+    updates: Updates,
     /// Held from the version check of a PUT to its end, so that two edits cannot both
     /// pass the check.
     editing: tokio::sync::Mutex<()>,
 }
 
 impl Api {
-    pub fn new(auth: Auth, control: PathBuf) -> Api {
+    pub fn new(auth: Auth, control: PathBuf, updates: Updates) -> Api {
         Api {
             auth,
             control: Client::new(control),
+            updates,
             editing: tokio::sync::Mutex::new(()),
         }
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr) -> Reply {
-        let mut reply = match self.route(req, peer).await {
+    pub async fn handle(&self, req: Request<Incoming>, peer: IpAddr, lifetime: &Lifetime) -> Reply {
+        let mut reply = match self.route(req, peer, lifetime).await {
             Ok(r) => r,
             Err(f) => {
                 if f.status.is_server_error() {
@@ -255,7 +326,12 @@ impl Api {
         reply
     }
 
-    async fn route(&self, req: Request<Incoming>, peer: IpAddr) -> Result<Reply, Failure> {
+    async fn route(
+        &self,
+        req: Request<Incoming>,
+        peer: IpAddr,
+        lifetime: &Lifetime,
+    ) -> Result<Reply, Failure> {
         let segments: Vec<String> = req
             .uri()
             .path()
@@ -331,7 +407,9 @@ impl Api {
                 }
                 let version = version_of(&body.text);
                 let text = body.text;
-                let applied = self.ask(move |c| c.apply(&text)).await?;
+                let applied = self
+                    .ask(move |c| c.apply(&text, Some("the configuration you submitted")))
+                    .await?;
                 info!(user = %s.user, %peer, "configuration applied: {}", applied.message);
                 Ok(json(
                     StatusCode::OK,
@@ -359,6 +437,101 @@ impl Api {
                     StatusCode::OK,
                     &MessageBody {
                         message: set.message,
+                    },
+                ))
+            }
+            Route::Update => {
+                self.session(&req, Use::Poll)?;
+                let status = self.updates.status().await?;
+                Ok(json(StatusCode::OK, &status))
+            }
+            Route::UpdateArchive => {
+                let (_, s) = self.change(&req)?;
+                let name = query(&req, "name").ok_or_else(|| {
+                    Failure::new(
+                        StatusCode::BAD_REQUEST,
+                        "name the archive: PUT /api/update/archive?name=medlb-VERSION.update",
+                    )
+                })?;
+                let size = req
+                    .headers()
+                    .get(header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        Failure::new(
+                            StatusCode::LENGTH_REQUIRED,
+                            "the upload needs a Content-Length (the archive's size)",
+                        )
+                    })?;
+                if size > lbupdate::agent::MAX_ARCHIVE {
+                    return Err(Failure::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!(
+                            "an update archive is at most {} bytes",
+                            lbupdate::agent::MAX_ARCHIVE
+                        ),
+                    ));
+                }
+                // an administrator's upload may take longer than a connection's lifetime
+                lifetime.extend(UPLOAD_LIFETIME);
+                info!(user = %s.user, %peer, name, size, "update archive upload");
+                let staged = self.updates.receive(req, name, size).await?;
+                Ok(json(StatusCode::OK, &staged))
+            }
+            Route::UpdateChecksum => {
+                let (_, _) = self.change(&req)?;
+                let body: ChecksumBody = read_json(req, MAX_SMALL_BODY).await?;
+                match self
+                    .updates
+                    .call(UpdateRequest::Checksum { text: body.text })
+                    .await?
+                {
+                    UpdateAnswer::ChecksumTaken(staged) => Ok(json(StatusCode::OK, &staged)),
+                    other => Err(unexpected_update(&other)),
+                }
+            }
+            Route::UpdateInstall => {
+                let (_, s) = self.change(&req)?;
+                let body: InstallBody = read_json(req, MAX_SMALL_BODY).await?;
+                if body.allow_downgrade {
+                    warn!(user = %s.user, %peer, "install with allow_downgrade");
+                }
+                lifetime.extend(UPLOAD_LIFETIME);
+                match self
+                    .updates
+                    .call(UpdateRequest::Install {
+                        allow_downgrade: body.allow_downgrade,
+                    })
+                    .await?
+                {
+                    UpdateAnswer::Installed(done) => {
+                        info!(user = %s.user, %peer, "{}", done.message);
+                        Ok(json(StatusCode::OK, &done))
+                    }
+                    other => Err(unexpected_update(&other)),
+                }
+            }
+            Route::UpdateDiscard => {
+                self.change(&req)?;
+                match self.updates.call(UpdateRequest::Discard).await? {
+                    UpdateAnswer::Discarded => Ok(json(
+                        StatusCode::OK,
+                        &MessageBody {
+                            message: "nothing is staged any more".into(),
+                        },
+                    )),
+                    other => Err(unexpected_update(&other)),
+                }
+            }
+            Route::Reboot => {
+                let (_, s) = self.change(&req)?;
+                warn!(user = %s.user, %peer, "reboot requested");
+                self.updates.reboot().await?;
+                Ok(json(
+                    StatusCode::ACCEPTED,
+                    &MessageBody {
+                        message: "the appliance restarts now".into(),
                     },
                 ))
             }

@@ -209,7 +209,10 @@ impl Auth {
         }
         let f = failures.entry(peer).or_default();
         if let Some(until) = f.locked_until.filter(|u| *u > now) {
-            return Err(LoginError::Locked((until - now).as_secs().max(1)));
+            // rounded up: a client that waits Retry-After seconds must find the lockout over
+            let left = until - now;
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Err(LoginError::Locked(secs.max(1)));
         }
         if f.in_flight {
             return Err(LoginError::Locked(1));

@@ -9,6 +9,7 @@
 pub mod api;
 pub mod auth;
 pub mod tls;
+pub mod update;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -40,6 +41,10 @@ pub struct Options {
     pub listen: SocketAddr,
     /// lbcore's control socket.
     pub control: PathBuf,
+    /// The update agent's control socket.
+    pub update: PathBuf,
+    /// init's control socket (reboot).
+    pub init: PathBuf,
     /// The admin account (admin.toml).
     pub admin: PathBuf,
     /// Where cert.pem and key.pem are (made on first start).
@@ -72,6 +77,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let api = Arc::new(api::Api::new(
         auth::Auth::new(opts.admin, opts.session_idle, opts.session_lifetime),
         opts.control,
+        update::Updates::new(opts.update, opts.init),
     ));
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     // on stdout: init takes this line as the readiness signal
@@ -124,18 +130,59 @@ async fn serve(
         }
     };
     let ip = peer.ip();
+    let lifetime = Arc::new(Lifetime::new(CONNECTION_LIFETIME));
+    let for_requests = lifetime.clone();
     let service = service_fn(move |req| {
-        let api = api.clone();
-        async move { Ok::<_, Infallible>(api.handle(req, ip).await) }
+        let (api, lifetime) = (api.clone(), for_requests.clone());
+        async move { Ok::<_, Infallible>(api.handle(req, ip, &lifetime).await) }
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_TIMEOUT)
         .max_buf_size(64 * 1024)
         .serve_connection(TokioIo::new(tls), service);
-    match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-        Ok(Err(e)) => debug!(%peer, "connection ended: {e}"),
-        Err(_) => debug!(%peer, "connection closed after {CONNECTION_LIFETIME:?}"),
-        Ok(Ok(())) => {}
+    tokio::pin!(connection);
+    loop {
+        let deadline = lifetime.deadline();
+        tokio::select! {
+            done = &mut connection => {
+                if let Err(e) = done {
+                    debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                // an authenticated upload may have moved the deadline meanwhile
+                if lifetime.deadline() <= tokio::time::Instant::now() {
+                    debug!(%peer, "connection closed at the end of its lifetime");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// When a connection is closed, whatever its client does: [`CONNECTION_LIFETIME`]
+/// after it opened, or later when a request of an authenticated administrator needs
+/// it (an update archive uploading over a slow link).
+pub struct Lifetime {
+    deadline: std::sync::Mutex<tokio::time::Instant>,
+}
+
+impl Lifetime {
+    fn new(from_now: Duration) -> Lifetime {
+        Lifetime {
+            deadline: std::sync::Mutex::new(tokio::time::Instant::now() + from_now),
+        }
+    }
+
+    fn deadline(&self) -> tokio::time::Instant {
+        *self.deadline.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The connection may stay open `from_now` longer (never shorter than it was).
+    pub fn extend(&self, from_now: Duration) {
+        let mut d = self.deadline.lock().unwrap_or_else(|p| p.into_inner());
+        *d = (*d).max(tokio::time::Instant::now() + from_now);
     }
 }

@@ -22,6 +22,12 @@ struct Args {
     /// lbcore's control socket.
     #[arg(long, default_value_os_t = Layout::default().lbcore_socket())]
     socket: PathBuf,
+    /// The update agent's control socket.
+    #[arg(long, default_value_os_t = Layout::default().update_socket())]
+    update_socket: PathBuf,
+    /// init's control socket (the reboot an administrator asks for).
+    #[arg(long, default_value_os_t = Layout::default().control_socket())]
+    init_socket: PathBuf,
     /// The admin account written by the console wizard.
     #[arg(long, default_value_os_t = Layout::default().admin_config())]
     admin: PathBuf,
@@ -52,6 +58,8 @@ fn main() -> ExitCode {
     let options = Options {
         listen: args.listen,
         control: args.socket,
+        update: args.update_socket,
+        init: args.init_socket,
         admin: args.admin,
         tls_dir: args.tls_dir,
         session_idle: Duration::from_secs(args.session_idle_minutes * 60),
