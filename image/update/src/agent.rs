@@ -29,13 +29,15 @@ use tracing::{error, info, warn};
 
 use crate::install::{self, Disk, Step as InstallStep, Tools};
 use crate::manifest::{PARTS, hex};
+use crate::online::{self, Fetcher};
 use crate::protocol::{
-    Answer, Installed, Progress, RefusalKind, Refused, Reply, Request, Running, Staged,
-    UpdateStatus,
+    Answer, Available, Checked, Installed, Progress, RefusalKind, Refused, Reply, Request, Running,
+    Settings, Staged, UpdateStatus,
 };
 use crate::slots;
 use crate::verify::{self, Check, Trusted};
 use crate::version::Version;
+use appliance::files::update_settings::UpdateSettings;
 use appliance::files::update_state::{LastResult, Outcome, Step, Target, UpdateState};
 use appliance::layout::Layout;
 
@@ -195,6 +197,9 @@ struct Inner {
     checksum: Option<String>,
     /// A request is being carried out.
     busy: bool,
+    /// What the update server offered at the last look, with where to get it.
+    available: Option<(Available, String, String)>,
+    checked: Option<Checked>,
 }
 
 /// The running agent.
@@ -245,6 +250,8 @@ impl Agent {
                 staged: None,
                 checksum: None,
                 busy: false,
+                available: None,
+                checked: None,
             }),
         }))
     }
@@ -265,6 +272,8 @@ impl Agent {
                 && i.state.target.as_ref().map(|t| Some(t.slot.as_str()))
                     != Some(self.running.slot.as_deref()),
             last: i.state.last.clone(),
+            available: i.available.as_ref().map(|(a, _, _)| a.clone()),
+            checked: i.checked.clone(),
         }
     }
 
@@ -311,6 +320,7 @@ impl Agent {
             stage: stage.into(),
             done,
             total,
+            rate: None,
         });
     }
 
@@ -512,6 +522,231 @@ impl Agent {
         Refused::new(kind, reason)
     }
 
+    fn settings_file(&self) -> Result<UpdateSettings, Refused> {
+        UpdateSettings::load(&self.opts.layout.update_settings())
+            .map(|(s, warnings)| {
+                for w in warnings {
+                    warn!("{w}");
+                }
+                s
+            })
+            .map_err(|e| Refused::new(RefusalKind::Failed, e.to_string()))
+    }
+
+    /// The settings as shown: a proxy password masked.
+    pub fn settings(&self) -> Result<Settings, Refused> {
+        let s = self.settings_file()?;
+        Ok(Settings {
+            url: s.url,
+            check: s.check,
+            interval_hours: s.interval_hours,
+            ca_file: s.ca_file,
+            proxy: s.proxy.map(|p| mask_password(&p)),
+        })
+    }
+
+    /// Takes new settings (a masked proxy password keeps the stored one).
+    pub fn set_settings(&self, new: Settings) -> Result<Answer, Refused> {
+        let mut file = self.settings_file()?;
+        let proxy = match (new.proxy, &file.proxy) {
+            (Some(p), Some(old)) if p == mask_password(old) => Some(old.clone()),
+            (p, _) => p,
+        };
+        file.url = new.url;
+        file.check = new.check;
+        file.interval_hours = new.interval_hours;
+        file.ca_file = new.ca_file;
+        file.proxy = proxy;
+        file.validate()
+            .map_err(|e| Refused::new(RefusalKind::Invalid, e.to_string()))?;
+        file.save(&self.opts.layout.update_settings())
+            .map_err(|e| Refused::new(RefusalKind::Failed, e.to_string()))?;
+        info!(
+            "update settings changed: server {}",
+            file.url.as_deref().unwrap_or("none")
+        );
+        self.settings().map(Answer::Settings)
+    }
+
+    /// Asks the update server what it offers.
+    pub async fn check(&self) -> Result<Answer, Refused> {
+        let settings = self.settings_file()?;
+        let Some(url) = settings.url.clone() else {
+            return Err(Refused::new(
+                RefusalKind::Invalid,
+                "no update server is set: PUT the url into the update settings first",
+            ));
+        };
+        let result = async {
+            let fetcher = Fetcher::new(&settings)?;
+            fetcher.index(&url).await
+        }
+        .await;
+        let running = Version::parse(&self.running.version).ok();
+        let (checked, found) = match result {
+            Ok(index) => match running.and_then(|r| online::newest(&index, r)) {
+                Some(r) => {
+                    let a = Available {
+                        version: r.version.clone(),
+                        notes: r.notes.clone(),
+                        size: r.size,
+                    };
+                    (
+                        Checked {
+                            at: now(),
+                            message: format!("Update {} is available", r.version),
+                            available: Some(a.clone()),
+                        },
+                        Some((
+                            a,
+                            online::resolve(&url, &r.archive),
+                            online::resolve(&url, &r.checksum),
+                        )),
+                    )
+                }
+                None => (
+                    Checked {
+                        at: now(),
+                        message: format!("{} is up to date", self.running.version),
+                        available: None,
+                    },
+                    None,
+                ),
+            },
+            Err(e) => (
+                Checked {
+                    at: now(),
+                    message: format!("cannot ask the update server: {e}"),
+                    available: None,
+                },
+                None,
+            ),
+        };
+        info!("{}", checked.message);
+        let mut i = self.lock();
+        i.available = found;
+        i.checked = Some(checked.clone());
+        Ok(Answer::Checked(checked))
+    }
+
+    /// Downloads the available version and its checksum file, and stages them.
+    pub async fn download(self: &Arc<Self>) -> Result<Answer, Refused> {
+        let Some((available, archive_url, checksum_url)) = self.lock().available.clone() else {
+            return Err(Refused::new(
+                RefusalKind::Invalid,
+                "no update is available: check the update server first",
+            ));
+        };
+        self.begin()?;
+        let r = self
+            .download_into(&available, &archive_url, &checksum_url)
+            .await;
+        {
+            let mut i = self.lock();
+            let s = UpdateState {
+                step: if r.is_ok() {
+                    Step::Received
+                } else {
+                    Step::Idle
+                },
+                ..i.state.clone()
+            };
+            if let Err(e) = &r {
+                i.staged = None;
+                i.checksum = None;
+                let s = UpdateState {
+                    last: result(
+                        Outcome::Failed,
+                        format!("the download of {} failed: {e}", available.version),
+                    ),
+                    ..s
+                };
+                self.set_state(&mut i, s);
+            } else {
+                self.set_state(&mut i, s);
+            }
+        }
+        self.end();
+        r.map(Answer::Received)
+    }
+
+    async fn download_into(
+        self: &Arc<Self>,
+        available: &Available,
+        archive_url: &str,
+        checksum_url: &str,
+    ) -> Result<Staged, Refused> {
+        let fail = |e: String| Refused::new(RefusalKind::Failed, e);
+        let settings = self.settings_file()?;
+        let fetcher = Fetcher::new(&settings).map_err(|e| fail(e.to_string()))?;
+        let name = archive_url
+            .rsplit('/')
+            .next()
+            .unwrap_or("update")
+            .to_string();
+        check_name(&name)?;
+        let dir = self.opts.layout.update_incoming();
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| fail(format!("cannot create {}: {e}", dir.display())))?;
+        {
+            let mut i = self.lock();
+            i.staged = None;
+            i.checksum = None;
+            let s = UpdateState {
+                step: Step::Receiving,
+                ..i.state.clone()
+            };
+            self.set_state(&mut i, s);
+        }
+        let part = dir.join(format!(".{name}.part"));
+        let me = self.clone();
+        let size = online::download(&fetcher, archive_url, &part, MAX_ARCHIVE, move |t| {
+            me.lock().progress = Some(Progress {
+                stage: "downloading".into(),
+                done: t.done,
+                total: t.total,
+                rate: Some(t.rate),
+            });
+        })
+        .await
+        .map_err(|e| fail(e.to_string()))?;
+        let checksum = fetcher
+            .text(checksum_url, 4096)
+            .await
+            .map_err(|e| fail(format!("the checksum file: {e}")))?;
+        let archive = dir.join(&name);
+        tokio::fs::rename(&part, &archive)
+            .await
+            .map_err(|e| fail(format!("cannot write {}: {e}", archive.display())))?;
+        info!(version = %available.version, size, "update downloaded");
+        let staged = Staged {
+            name,
+            size,
+            checksum: true,
+        };
+        let mut i = self.lock();
+        i.staged = Some(staged.clone());
+        i.checksum = Some(checksum);
+        Ok(staged)
+    }
+
+    /// Looks at the update server every `interval_hours`, while the settings ask for it.
+    async fn check_periodically(self: Arc<Self>) {
+        loop {
+            let hours = match self.settings_file() {
+                Ok(s) if s.check && s.url.is_some() => {
+                    let _ = self.check().await;
+                    s.interval_hours
+                }
+                Ok(s) => s.interval_hours,
+                Err(_) => appliance::files::update_settings::DEFAULT_INTERVAL_HOURS,
+            };
+            tokio::time::sleep(Duration::from_secs(u64::from(hours) * 3600)).await;
+        }
+    }
+
     /// While the new slot is on its trial boot, watches for its good mark.
     async fn confirm(self: Arc<Self>) {
         loop {
@@ -584,6 +819,7 @@ pub async fn serve(agent: Arc<Agent>, socket: &Path) -> anyhow::Result<()> {
         std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o660))?;
     }
     tokio::spawn(agent.clone().confirm());
+    tokio::spawn(agent.clone().check_periodically());
     // on stdout: init takes this line as the readiness signal
     println!("lbupdate listening on {}", socket.display());
     let _ = io::stdout().flush();
@@ -629,6 +865,10 @@ async fn session(agent: Arc<Agent>, stream: UnixStream) {
         Ok(Request::Receive { name, size }) => {
             receive(&agent, &mut reader, name, size).await.into()
         }
+        Ok(Request::Check) => agent.check().await.into(),
+        Ok(Request::Download) => agent.download().await.into(),
+        Ok(Request::Settings) => agent.settings().map(Answer::Settings).into(),
+        Ok(Request::SetSettings { settings }) => agent.set_settings(settings).into(),
     };
     let mut text = serde_json::to_string(&reply).unwrap_or_default();
     text.push('\n');
@@ -653,6 +893,20 @@ async fn blocking(
             format!("the agent's task failed: {e}"),
         ))
     })
+}
+
+/// `http://user:***@host:port` for `http://user:password@host:port`.
+fn mask_password(proxy: &str) -> String {
+    match proxy
+        .strip_prefix("http://")
+        .and_then(|r| r.rsplit_once('@'))
+    {
+        Some((auth, host)) => {
+            let user = auth.split(':').next().unwrap_or("");
+            format!("http://{user}:***@{host}")
+        }
+        None => proxy.to_string(),
+    }
 }
 
 /// A plain archive name: what lbweb was given as the upload's file name.
@@ -878,6 +1132,15 @@ mod tests {
         let e = BootEnv::parse("boot_slot=b\ngood_slot=a\nboot_tries=2\n");
         assert_eq!(e, env("b", "a", "2"));
         assert!(e.on_trial("b") && !e.good("a"));
+    }
+
+    #[test]
+    fn a_proxy_password_is_never_shown() {
+        assert_eq!(
+            mask_password("http://ward:s3cret@proxy:3128"),
+            "http://ward:***@proxy:3128"
+        );
+        assert_eq!(mask_password("http://proxy:3128"), "http://proxy:3128");
     }
 
     #[test]

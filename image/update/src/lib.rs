@@ -8,6 +8,7 @@
 //! - [`install`]: writing the verified parts into the slot that does not run, reading
 //!   them back, and giving that slot a trial boot (GRUB's try counter).
 //! - [`version`]: version numbers.
+//! - [`online`]: the update server's index and downloads that resume.
 //! - [`agent`]: the service init supervises: receives, verifies and installs archives,
 //!   keeps its state on /data so that a crash or power cut is finished or cleaned up.
 //! - [`protocol`]: the agent's control socket, and the client lbweb uses.
@@ -18,6 +19,7 @@
 pub mod agent;
 pub mod install;
 pub mod manifest;
+pub mod online;
 pub mod pack;
 pub mod protocol;
 pub mod verify;

@@ -7,6 +7,7 @@
 //!   makes an archive and its checksum file (image/build's last step).
 //! - `lbupdate install ARCHIVE --checksum FILE --keys DIR --disk DISK --slot SLOT`
 //!   verifies and installs into a slot of a disk (an image file or a device).
+//! - `lbupdate index DIR` prints the update server's index for the archives in DIR.
 //! - `lbupdate serve` is the agent that init supervises (control socket
 //!   /run/update.sock, state in /data/updates).
 
@@ -100,6 +101,8 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Print the update server's index for the archives in DIR (publish it beside them).
+    Index { dir: PathBuf },
     /// Verify an archive and install it into a slot of a disk, with a trial boot.
     Install {
         #[command(flatten)]
@@ -202,6 +205,11 @@ fn run(command: Command) -> anyhow::Result<()> {
             if !m.notes.is_empty() {
                 println!("notes:\n{}", m.notes.trim_end());
             }
+            Ok(())
+        }
+        Command::Index { dir } => {
+            let index = lbupdate::online::index_of(&dir)?;
+            println!("{}", serde_json::to_string_pretty(&index)?);
             Ok(())
         }
         Command::Pack {

@@ -32,6 +32,15 @@ pub enum Request {
     },
     /// Forget what is staged.
     Discard,
+    /// Ask the update server whether a newer version is available.
+    Check,
+    /// Download the available version (and its checksum file) and stage it, as an
+    /// upload would be; a break resumes where it stopped.
+    Download,
+    /// Where the appliance looks for updates online.
+    Settings,
+    /// Change those settings (checked strictly; written to /data).
+    SetSettings { settings: Settings },
 }
 
 impl Request {
@@ -42,6 +51,10 @@ impl Request {
             Request::Checksum { .. } => "checksum",
             Request::Install { .. } => "install",
             Request::Discard => "discard",
+            Request::Check => "check",
+            Request::Download => "download",
+            Request::Settings => "settings",
+            Request::SetSettings { .. } => "set-settings",
         }
     }
 }
@@ -64,6 +77,10 @@ pub enum Answer {
     /// Installed; the reboot is the administrator's to choose.
     Installed(Installed),
     Discarded,
+    /// What the update server offers.
+    Checked(Checked),
+    /// The online settings.
+    Settings(Settings),
 }
 
 impl Answer {
@@ -74,6 +91,8 @@ impl Answer {
             Answer::ChecksumTaken(_) => "checksum-taken",
             Answer::Installed(_) => "installed",
             Answer::Discarded => "discarded",
+            Answer::Checked(_) => "checked",
+            Answer::Settings(_) => "settings",
         }
     }
 }
@@ -129,6 +148,51 @@ pub struct UpdateStatus {
     pub reboot_required: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<LastResult>,
+    /// A newer version the update server offers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<Available>,
+    /// The last look at the update server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checked: Option<Checked>,
+}
+
+/// A version the update server offers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Available {
+    pub version: String,
+    /// What is new in it.
+    #[serde(default)]
+    pub notes: String,
+    /// The archive's size in bytes (as the index says).
+    #[serde(default)]
+    pub size: u64,
+}
+
+/// A look at the update server.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checked {
+    /// Seconds since 1970.
+    pub at: u64,
+    /// "Update 0.2.0 is available", "0.1.0 is up to date", or why the server could not
+    /// be asked.
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub available: Option<Available>,
+}
+
+/// The online settings as the API shows and takes them: a proxy's password is shown
+/// as `***` and kept when `***` comes back.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    pub check: bool,
+    pub interval_hours: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,10 +207,14 @@ pub struct Running {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Progress {
-    /// `receiving`, `verifying`, `writing`, `checking`, `flipping`.
+    /// `receiving`, `downloading`, `verifying`, `building`, `writing`, `checking`,
+    /// `flipping`.
     pub stage: String,
     pub done: u64,
     pub total: u64,
+    /// Bytes per second (downloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -124,6 +124,11 @@ impl Layout {
         self.data.join("updates")
     }
 
+    /// Where the appliance looks for updates online: `/data/config/update.toml`.
+    pub fn update_settings(&self) -> PathBuf {
+        self.config_dir().join("update.toml")
+    }
+
     /// The update agent's state: `/data/updates/state.json`.
     pub fn update_state(&self) -> PathBuf {
         self.updates_dir().join("state.json")

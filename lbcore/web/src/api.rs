@@ -16,6 +16,10 @@
 //! | `PUT /api/update/checksum` | `{"text"}`: the archive's `.sha256` file | staged |
 //! | `POST /api/update/install` | `{"allow_downgrade"}` (optional) | verified and installed into the other slot, or refused with the check that failed |
 //! | `POST /api/update/discard` | – | what was staged is forgotten |
+//! | `POST /api/update/check` | – | what the update server offers (`{"message", "available"}`) |
+//! | `POST /api/update/download` | – | the available version downloaded (resuming after a break) and staged |
+//! | `GET /api/update/settings` | – | where the appliance looks for updates online (a proxy password masked) |
+//! | `PUT /api/update/settings` | `{"url", "check", "interval_hours", "ca_file", "proxy"}` | taken, or refused naming the field |
 //! | `POST /api/system/reboot` | – | the appliance restarts (an installed update then boots) |
 //!
 //! Everything but login and the description needs the session cookie; every request
@@ -79,11 +83,14 @@ pub enum Route {
     UpdateChecksum,
     UpdateInstall,
     UpdateDiscard,
+    UpdateCheck,
+    UpdateDownload,
+    UpdateSettings,
     Reboot,
 }
 
 impl Route {
-    pub const ALL: [Route; 13] = [
+    pub const ALL: [Route; 16] = [
         Route::Login,
         Route::Logout,
         Route::Session,
@@ -96,6 +103,9 @@ impl Route {
         Route::UpdateChecksum,
         Route::UpdateInstall,
         Route::UpdateDiscard,
+        Route::UpdateCheck,
+        Route::UpdateDownload,
+        Route::UpdateSettings,
         Route::Reboot,
     ];
 
@@ -113,6 +123,9 @@ impl Route {
             Route::UpdateChecksum => "/api/update/checksum",
             Route::UpdateInstall => "/api/update/install",
             Route::UpdateDiscard => "/api/update/discard",
+            Route::UpdateCheck => "/api/update/check",
+            Route::UpdateDownload => "/api/update/download",
+            Route::UpdateSettings => "/api/update/settings",
             Route::Reboot => "/api/system/reboot",
         }
     }
@@ -120,13 +133,15 @@ impl Route {
     /// The methods it takes, as the `Allow` header of a 405 lists them.
     pub fn methods(self) -> &'static str {
         match self {
-            Route::Config => "GET, PUT",
+            Route::Config | Route::UpdateSettings => "GET, PUT",
             Route::UpdateArchive | Route::UpdateChecksum => "PUT",
             Route::Login
             | Route::Logout
             | Route::ServerState
             | Route::UpdateInstall
             | Route::UpdateDiscard
+            | Route::UpdateCheck
+            | Route::UpdateDownload
             | Route::Reboot => "POST",
             Route::Session | Route::Status | Route::OpenApi | Route::Update => "GET",
         }
@@ -521,6 +536,44 @@ impl Api {
                             message: "nothing is staged any more".into(),
                         },
                     )),
+                    other => Err(unexpected_update(&other)),
+                }
+            }
+            Route::UpdateCheck => {
+                self.change(&req)?;
+                match self.updates.call(UpdateRequest::Check).await? {
+                    UpdateAnswer::Checked(c) => Ok(json(StatusCode::OK, &c)),
+                    other => Err(unexpected_update(&other)),
+                }
+            }
+            Route::UpdateDownload => {
+                let (_, s) = self.change(&req)?;
+                lifetime.extend(UPLOAD_LIFETIME);
+                info!(user = %s.user, %peer, "update download");
+                match self.updates.call(UpdateRequest::Download).await? {
+                    UpdateAnswer::Received(staged) => Ok(json(StatusCode::OK, &staged)),
+                    other => Err(unexpected_update(&other)),
+                }
+            }
+            Route::UpdateSettings if req.method() == Method::GET => {
+                self.session(&req, Use::Operator)?;
+                match self.updates.call(UpdateRequest::Settings).await? {
+                    UpdateAnswer::Settings(set) => Ok(json(StatusCode::OK, &set)),
+                    other => Err(unexpected_update(&other)),
+                }
+            }
+            Route::UpdateSettings => {
+                let (_, s) = self.change(&req)?;
+                let settings: lbupdate::protocol::Settings = read_json(req, MAX_SMALL_BODY).await?;
+                match self
+                    .updates
+                    .call(UpdateRequest::SetSettings { settings })
+                    .await?
+                {
+                    UpdateAnswer::Settings(set) => {
+                        info!(user = %s.user, %peer, "update settings changed");
+                        Ok(json(StatusCode::OK, &set))
+                    }
                     other => Err(unexpected_update(&other)),
                 }
             }

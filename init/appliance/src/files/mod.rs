@@ -19,12 +19,14 @@
 //! | `config/lbcore-state.json` | [`operator_state`] | lbcore (Drain / Halt of real servers) |
 //! | `config/lbcore-ipvs.json` | [`ipvs_owned`] | lbcore (the IPVS services it made) |
 //! | `updates/state.json` | [`update_state`] | the update agent (where an update is) |
+//! | `config/update.toml` | [`update_settings`] | the update agent (where to look online) |
 
 pub mod admin;
 pub mod ipvs_owned;
 pub mod lbcore;
 pub mod network;
 pub mod operator_state;
+pub mod update_settings;
 pub mod update_state;
 
 use std::collections::BTreeMap;
