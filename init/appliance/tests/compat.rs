@@ -249,3 +249,26 @@ fn what_this_version_writes_reads_back_as_the_newest_fixture() {
         "the newest fixture directory is this version's format"
     );
 }
+
+#[test]
+fn the_update_agent_s_files_are_read_in_every_format_and_from_a_newer_version() {
+    use appliance::files::update_settings::UpdateSettings;
+    use appliance::files::update_state::{Outcome, Step, UpdateState};
+    let newest = formats().pop().unwrap();
+    let (s, w) = UpdateState::load(&fixture(&newest, "update-state.json"));
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(
+        (s.step, s.target.unwrap().slot.as_str()),
+        (Step::Installed, "b")
+    );
+    let (s, w) = UpdateState::load(&fixture("future", "update-state.json"));
+    assert_eq!(s.step, Step::Installed);
+    assert_eq!(s.last.as_ref().map(|l| l.outcome), Some(Outcome::Installed));
+    assert_eq!(places(&w), ["", "download"], "{w:?}");
+    let (u, w) = UpdateSettings::load(&fixture(&newest, "update.toml")).unwrap();
+    assert!(w.is_empty(), "{w:?}");
+    assert_eq!(u.interval_hours, 24);
+    let (u, w) = UpdateSettings::load(&fixture("future", "update.toml")).unwrap();
+    assert!(!u.check);
+    assert_eq!(places(&w), ["", "channel", "window"], "{w:?}");
+}
