@@ -9,6 +9,7 @@ pid, namespaces (with their tap devices) by name.
 import os
 import subprocess
 import time
+from contextlib import contextmanager
 
 import pytest
 
@@ -30,7 +31,7 @@ def image():
     if os.geteuid() != 0:
         pytest.skip("the image tests run as root (namespaces, tap devices, apt)")
     run(TOP / "qemu" / "install-deps", env=script_env(), timeout=1200)
-    for b in ("init", "lbcore", "lbctl", "lbweb"):
+    for b in ("init", "lbcore", "lbctl", "lbweb", "vmprobe"):
         if not (BIN_DIR / b).exists():
             run(cargo(), "build", "--workspace", "--release", cwd=TOP, timeout=1800)
             break
@@ -41,17 +42,18 @@ def image():
     return IMAGE_DIR
 
 
-@pytest.fixture
-def vms(tmp_path):
-    """Starts VMs for a test (vms(disk, ...)) and stops each of them afterwards."""
+def _vms(workdir):
     started = []
 
     def start(disk, **kw):
-        vm = Vm(tmp_path, disk, **kw)
+        vm = Vm(workdir, disk, **kw)
         started.append(vm)
         return vm
 
-    yield start
+    return started, start
+
+
+def _stop_all(started):
     for vm in started:
         vm.stop()
     for vm in started:
@@ -59,10 +61,23 @@ def vms(tmp_path):
 
 
 @pytest.fixture
-def netns():
-    """A network namespace holding tap device `lbtap0` with 10.99.7.1/24: the VM's
-    NIC is on the other side of the tap, so the namespace is the VM's only peer."""
-    name = f"lbimg{os.getpid()}"
+def vms(tmp_path):
+    """Starts VMs for a test (vms(disk, ...)) and stops each of them afterwards."""
+    started, start = _vms(tmp_path)
+    yield start
+    _stop_all(started)
+
+
+@pytest.fixture(scope="module")
+def module_vms(tmp_path_factory):
+    """vms for a module whose tests share one boot (each boot costs a minute)."""
+    started, start = _vms(tmp_path_factory.mktemp("vm"))
+    yield start
+    _stop_all(started)
+
+
+@contextmanager
+def _netns(name):
     ip = program("ip")
     run(ip, "netns", "add", name)
     try:
@@ -76,3 +91,16 @@ def netns():
         subprocess.run([ip, "netns", "del", name], check=False)
 
 
+@pytest.fixture
+def netns():
+    """A network namespace holding tap device `lbtap0` with 10.99.7.1/24: the VM's
+    NIC is on the other side of the tap, so the namespace is the VM's only peer."""
+    with _netns(f"lbimg{os.getpid()}") as name:
+        yield name
+
+
+@pytest.fixture(scope="module")
+def module_netns():
+    """netns, for the tests of one module sharing one boot."""
+    with _netns(f"lbimg{os.getpid()}m") as name:
+        yield name
