@@ -1,5 +1,11 @@
 """Capacity of the booted appliance: 10,000 idle connections held through a Layer 7
-service at once, and lbcore's memory with them (printed; the target is under 64 MB).
+service at once.
+
+What is asserted: every one of the 10,000 connections is established through the
+appliance and held (lbcore counts them open and holds a client and a server socket for
+each). lbcore's memory with them is a benchmark figure, not an assertion: it is printed
+in pytest's summary as "benchmark: ..." (the design's target is under 64 MB; no test
+fails above it).
 
 This runs in the appliance because only there may lbcore open the 20,000 sockets that
 10,000 proxied connections need: this machine's container caps every process at
@@ -81,15 +87,19 @@ def test_ten_thousand_idle_connections_through_the_appliance(image, vms, netns, 
         established = json.loads(line)["established"] if line else 0
         assert established == CONNECTIONS, f"only {established} of {CONNECTIONS} connections got through"
         rss, peak, files = lbcore_memory(con)
+        # still held when the figure was taken, as the client's own kernel sees them
+        held = subprocess.run([*ns, program("ss"), "-Htn", "state", "established", "dst", f"{VIP}:{PORT}"],
+                              capture_output=True, text=True, check=True).stdout.splitlines()
+        assert len(held) == CONNECTIONS, f"{len(held)} of {CONNECTIONS} connections still established"
         assert files >= files0 + 2 * CONNECTIONS, (
             f"lbcore holds a client and a server socket per connection: {files0} -> {files}")
         screen = con.buf[-4000:]
         rows = re.findall(rf"^\s*IDLE \(L7 \w+\)\s+{re.escape(VIP)}\s+{PORT}\s+.+?\s+(\d+)\s+(\d+)\s*$",
                           screen, re.M)
         assert rows and int(rows[-1][0]) == CONNECTIONS, f"lbcore counts the open connections:\n{screen}"
-        note(f"Capacity: {established:,} idle connections through the appliance; lbcore memory "
-             f"{rss0:.1f} MB idle -> {rss:.1f} MB with them (peak {peak:.1f} MB; target under 64 MB), "
-             f"{files:,} open files")
+        note(f"benchmark: capacity: {established:,} idle connections held through the appliance; "
+             f"lbcore memory {rss0:.1f} MB idle -> {rss:.1f} MB with them (peak {peak:.1f} MB; a figure, "
+             f"not checked against the 64 MB target), {files:,} open files")
     finally:
         if hold is not None:
             hold.stdin.close()
