@@ -222,33 +222,78 @@ impl Console {
         r
     }
 
-    /// Read one line, waking up regularly to see whether we were cancelled.
-    pub fn read_line(&mut self) -> Result<String, ReadError> {
+    /// Write a prompt and wait for a line; every `every`, `stale()` is asked whether
+    /// what the screen shows changed: then `Ok(None)` (nothing typed is lost: a line
+    /// typed meanwhile is read first), so the caller redraws and asks again.
+    pub fn ask_watching(
+        &mut self,
+        prompt: &str,
+        every: std::time::Duration,
+        mut stale: impl FnMut() -> bool,
+    ) -> Result<Option<String>, ReadError> {
+        self.write_str(prompt);
+        let mut next = std::time::Instant::now() + every;
         loop {
-            if let Some(i) = self.pending.iter().position(|b| *b == b'\n' || *b == b'\r') {
-                let mut line: Vec<u8> = self.pending.drain(..=i).collect();
-                line.pop();
-                // A CR LF pair counts as one line end.
-                if self.pending.first() == Some(&b'\n') && line.last() != Some(&b'\n') {
-                    self.pending.remove(0);
-                }
-                return Ok(String::from_utf8_lossy(&line).trim().to_string());
+            if let Some(line) = self.take_line() {
+                return Ok(Some(line));
             }
             if self.cancelled() {
                 return Err(ReadError::Cancelled);
             }
-            match wait_fd(self.input.as_fd(), PollFlags::POLLIN, 200) {
-                Ok(false) => continue,
-                Ok(true) => {}
-                Err(()) => return Err(ReadError::Closed),
+            if std::time::Instant::now() >= next {
+                if stale() {
+                    return Ok(None);
+                }
+                next = std::time::Instant::now() + every;
             }
-            let mut buf = [0u8; 512];
-            match nix::unistd::read(&self.input, &mut buf) {
-                Ok(0) => return Err(ReadError::Closed),
-                Ok(n) => self.pending.extend_from_slice(&buf[..n]),
-                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
-                Err(_) => return Err(ReadError::Closed),
+            self.fill(200)?;
+        }
+    }
+
+    /// A whole line already read, if there is one.
+    fn take_line(&mut self) -> Option<String> {
+        let i = self
+            .pending
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r')?;
+        let mut line: Vec<u8> = self.pending.drain(..=i).collect();
+        line.pop();
+        // A CR LF pair counts as one line end.
+        if self.pending.first() == Some(&b'\n') && line.last() != Some(&b'\n') {
+            self.pending.remove(0);
+        }
+        Some(String::from_utf8_lossy(&line).trim().to_string())
+    }
+
+    /// Waits up to `ms` for input and keeps what arrives.
+    fn fill(&mut self, ms: u16) -> Result<(), ReadError> {
+        match wait_fd(self.input.as_fd(), PollFlags::POLLIN, ms) {
+            Ok(false) => return Ok(()),
+            Ok(true) => {}
+            Err(()) => return Err(ReadError::Closed),
+        }
+        let mut buf = [0u8; 512];
+        match nix::unistd::read(&self.input, &mut buf) {
+            Ok(0) => Err(ReadError::Closed),
+            Ok(n) => {
+                self.pending.extend_from_slice(&buf[..n]);
+                Ok(())
             }
+            Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => Ok(()),
+            Err(_) => Err(ReadError::Closed),
+        }
+    }
+
+    /// Read one line, waking up regularly to see whether we were cancelled.
+    pub fn read_line(&mut self) -> Result<String, ReadError> {
+        loop {
+            if let Some(line) = self.take_line() {
+                return Ok(line);
+            }
+            if self.cancelled() {
+                return Err(ReadError::Cancelled);
+            }
+            self.fill(200)?;
         }
     }
 }

@@ -182,7 +182,33 @@ fn addresses() -> Vec<(String, String)> {
     out
 }
 
-/// The status screen.
+/// The network interfaces other than loopback: name, MAC, link state, driver.
+fn links(sys: &Path) -> Vec<(String, String, String, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir(sys.join("class/net")) else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "lo" {
+            continue;
+        }
+        let read = |f: &str| {
+            std::fs::read_to_string(e.path().join(f))
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let driver = std::fs::read_link(e.path().join("device/driver"))
+            .ok()
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "virtual".into());
+        out.push((name, read("address"), read("operstate"), driver));
+    }
+    out.sort();
+    out
+}
+
+/// The status screen: what the appliance is now, redrawn whenever it changes.
 pub fn status_screen(shared: &Shared) -> String {
     let st = shared.status();
     let host = nix::unistd::gethostname()
@@ -197,10 +223,48 @@ pub fn status_screen(shared: &Shared) -> String {
     for (ifc, a) in &addrs {
         s += &format!("  address:  {ifc} {a}\n");
     }
-    if let Some((_, a)) = addrs.first() {
+    for (name, mac, state, driver) in links(&shared.sys) {
+        s += &format!("  link:     {name} {mac} {state} ({driver})\n");
+    }
+    for (_, a) in &addrs {
         let ip = a.split('/').next().unwrap_or(a);
         s += &format!("  web UI:   https://{ip}:{WEB_UI_PORT}/\n");
     }
+    if let Ok((account, _)) = crate::admin::AdminFile::load(&shared.layout.admin_config()) {
+        s += &format!("  login:    {}\n", account.user);
+    }
+    let cert = shared
+        .layout
+        .tls_dir()
+        .join(appliance::layout::TLS_CERT_FILE);
+    if let Ok(fp) = appliance::files::certificate::fingerprint(&cert) {
+        // 32 pairs: two lines of 16, so that it fits an 80-column screen
+        let (first, second) = fp.split_at(fp.len().min(48));
+        s += &format!(
+            "  cert:     SHA-256 {first}\n                   {}\n",
+            second.trim_start_matches(':')
+        );
+    }
+    let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
+    if let Some(slot) = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("lb.slot="))
+    {
+        s += &format!("  slot:     {slot}\n");
+    }
+    let (update, _) =
+        appliance::files::update_state::UpdateState::load(&shared.layout.update_state());
+    if let Some(last) = update.last {
+        s += &format!("  update:   {}\n", last.message);
+    }
+    s += &format!(
+        "  time:     {} (not synchronised: no time server is set)\n",
+        crate::log::timestamp(std::time::SystemTime::now())
+            .get(..16)
+            .unwrap_or("")
+            .replace('T', " ")
+            + " UTC"
+    );
     let ready = st
         .services
         .iter()
@@ -211,6 +275,18 @@ pub fn status_screen(shared: &Shared) -> String {
         st.services.len(),
         if st.ready { "" } else { " (starting)" }
     );
+    for i in st.services.iter().filter(|i| {
+        matches!(
+            i.state,
+            crate::supervisor::State::Failed | crate::supervisor::State::Backoff
+        )
+    }) {
+        s += &format!(
+            "  failed:   {} ({})\n",
+            i.name,
+            i.last_exit.as_deref().unwrap_or("no exit status")
+        );
+    }
     for p in &st.problems {
         s += &format!("  problem:  {p}\n");
     }
@@ -247,11 +323,22 @@ pub fn service_status(shared: &Shared) -> String {
     s
 }
 
+/// How often a waiting menu looks whether its status screen is still true.
+const REDRAW_CHECK: Duration = Duration::from_secs(1);
+
 fn menu(con: &mut Console, shared: &Shared) -> Result<(), ReadError> {
     loop {
-        con.say(&status_screen(shared));
+        let screen = status_screen(shared);
+        con.say(&screen);
         con.say(MENU);
-        let choice = con.ask(PROMPT_CHOICE, false)?;
+        // redrawn when what it shows changed (an address from DHCP, a service ready or
+        // failed, the minute), without anyone pressing a key
+        let Some(choice) = con.ask_watching(PROMPT_CHOICE, REDRAW_CHECK, || {
+            status_screen(shared) != screen
+        })?
+        else {
+            continue;
+        };
         match choice.as_str() {
             "" => {}
             "1" => con.say(&service_status(shared)),

@@ -22,6 +22,7 @@
 //! | `config/update.toml` | [`update_settings`] | the update agent (where to look online) |
 
 pub mod admin;
+pub mod certificate;
 pub mod ipvs_owned;
 pub mod lbcore;
 pub mod network;
