@@ -222,7 +222,7 @@ struct MessageBody {
     message: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct LoginBody {
     user: String,
@@ -256,7 +256,7 @@ struct AppliedBody {
     version: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateBody {
     state: AdminState,
@@ -727,10 +727,60 @@ fn allow<B>(req: &Request<B>, list: &'static str) -> Result<(), Failure> {
 }
 
 /// Reads a JSON body of at most `limit` bytes, sent within [`BODY_TIMEOUT`].
-async fn read_json<T: DeserializeOwned>(
-    req: Request<Incoming>,
-    limit: usize,
-) -> Result<T, Failure> {
+/// A JSON body a route takes, and how the API describes it in a refusal.
+trait Body: DeserializeOwned {
+    /// What the body is, in the API's words (`a login is {"user": ..., "password": ...}`).
+    const SHAPE: &'static str;
+}
+
+impl Body for LoginBody {
+    const SHAPE: &'static str = r#"a login is {"user": "admin", "password": "..."}"#;
+}
+impl Body for ConfigBody {
+    const SHAPE: &'static str =
+        r#"a configuration is {"text": "<lbcore.toml>", "version": "<from GET, optional>"}"#;
+}
+impl Body for StateBody {
+    const SHAPE: &'static str = r#"a state is {"state": "drain" | "halt" | "online"}"#;
+}
+impl Body for ChecksumBody {
+    const SHAPE: &'static str = r#"a checksum file is {"text": "<the .sha256 file>"}"#;
+}
+impl Body for InstallBody {
+    const SHAPE: &'static str = r#"an install is {} or {"allow_downgrade": true}"#;
+}
+impl Body for lbupdate::protocol::Settings {
+    const SHAPE: &'static str = r#"the update settings are {"url": "https://...", "check": true, "interval_hours": 24, "ca_file": "/...", "proxy": "http://..."}"#;
+}
+
+/// What is wrong with a body, in the API's words: serde's message without its
+/// positions and type names.
+fn body_problem(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let text = e.to_string();
+    let text = text.split(" at line ").next().unwrap_or(&text).to_string();
+    let quoted = |t: &str| t.split('`').nth(1).unwrap_or("").to_string();
+    match e.classify() {
+        Category::Syntax | Category::Eof => "the body is not valid JSON".into(),
+        Category::Io => "the body cannot be read".into(),
+        Category::Data if text.starts_with("missing field") => {
+            format!("`{}` is missing", quoted(&text))
+        }
+        Category::Data if text.starts_with("unknown field") => {
+            format!("`{}` is not one of its fields", quoted(&text))
+        }
+        Category::Data if text.starts_with("unknown variant") => {
+            format!("`{}` is not one of the values it takes", quoted(&text))
+        }
+        Category::Data if text.starts_with("invalid type") || text.starts_with("invalid value") => {
+            let expected = text.rsplit("expected ").next().unwrap_or("another type");
+            format!("a value has the wrong type (expected {expected})")
+        }
+        Category::Data => "a value is not acceptable".into(),
+    }
+}
+
+async fn read_json<T: Body>(req: Request<Incoming>, limit: usize) -> Result<T, Failure> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -765,7 +815,7 @@ async fn read_json<T: DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|e| {
         Failure::new(
             StatusCode::BAD_REQUEST,
-            format!("the body is not valid: {e}"),
+            format!("{}: {}", body_problem(&e), T::SHAPE),
         )
     })
 }
@@ -907,6 +957,37 @@ mod tests {
         let mut found = 0;
         walk(&d, &d, &mut found);
         assert!(found > 100, "only {found} references");
+    }
+
+    #[test]
+    fn a_malformed_body_is_refused_in_the_api_s_words() {
+        let problem = |text: &str| {
+            let e = serde_json::from_str::<LoginBody>(text).unwrap_err();
+            format!("{}: {}", body_problem(&e), LoginBody::SHAPE)
+        };
+        assert_eq!(
+            problem(r#"{"user": "admin"}"#),
+            r#"`password` is missing: a login is {"user": "admin", "password": "..."}"#
+        );
+        assert!(
+            problem(r#"{"user": "admin", "password": "x", "otp": 1}"#)
+                .starts_with("`otp` is not one of its fields")
+        );
+        assert!(
+            problem(r#"{"user": 3, "password": "x"}"#)
+                .starts_with("a value has the wrong type (expected a string)")
+        );
+        assert!(problem("{user").starts_with("the body is not valid JSON"));
+        let e = serde_json::from_str::<StateBody>(r#"{"state": "paused"}"#).unwrap_err();
+        assert_eq!(
+            body_problem(&e),
+            "`paused` is not one of the values it takes"
+        );
+        for text in [r#"{"user": 3}"#, "{", r#"{"a":1}"#] {
+            let e = serde_json::from_str::<LoginBody>(text).unwrap_err();
+            let p = body_problem(&e);
+            assert!(!p.contains("line") && !p.contains("column"), "{p}");
+        }
     }
 
     #[test]

@@ -65,24 +65,77 @@ fn create(dir: &Path, hostname: &str) -> Result<(), TlsError> {
         path: dir.to_path_buf(),
         source,
     })?;
-    let mut names = vec![hostname.to_string()];
-    if hostname != "localhost" {
-        names.push("localhost".into());
-    }
-    let made =
-        rcgen::generate_simple_self_signed(names).map_err(|e| TlsError::Generate(e.to_string()))?;
+    let made = self_signed(hostname, &addresses())?;
     // key first: a crash between the two leaves no certificate, which the next start
     // treats as "none yet" rather than pairing an old certificate with a new key
     let key = dir.join(KEY_FILE);
     let cert = dir.join(CERT_FILE);
     let _ = std::fs::remove_file(&cert);
-    atomic::write(&key, made.signing_key.serialize_pem().as_bytes(), 0o600)?;
-    atomic::write(&cert, made.cert.pem().as_bytes(), 0o644)?;
+    atomic::write(&key, made.1.as_bytes(), 0o600)?;
+    atomic::write(&cert, made.0.as_bytes(), 0o644)?;
     info!(
         "made a self-signed certificate for {hostname} in {}",
         cert.display()
     );
     Ok(())
+}
+
+/// How long a self-signed certificate is valid: browsers take what an appliance makes
+/// for itself for this long (the hospital replaces it with its own when it wants a
+/// trusted one).
+const VALID_YEARS: i32 = 10;
+
+/// The addresses a browser may use to reach this appliance: every address of its
+/// interfaces but loopback and IPv6 link-local ones.
+fn addresses() -> Vec<std::net::IpAddr> {
+    let mut out: Vec<std::net::IpAddr> = nix::ifaddrs::getifaddrs()
+        .map(|ifs| {
+            ifs.filter_map(|i| {
+                let a = i.address?;
+                a.as_sockaddr_in()
+                    .map(|v4| std::net::IpAddr::V4(v4.ip()))
+                    .or_else(|| a.as_sockaddr_in6().map(|v6| std::net::IpAddr::V6(v6.ip())))
+            })
+            .filter(|ip| !ip.is_loopback() && !matches!(ip, std::net::IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80))
+            .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// A self-signed certificate (PEM) and its key (PEM): the host name as CN, the host
+/// name and `addresses` as subject alternative names, valid from yesterday (a clock a
+/// little behind) for [`VALID_YEARS`].
+pub fn self_signed(
+    hostname: &str,
+    addresses: &[std::net::IpAddr],
+) -> Result<(String, String), TlsError> {
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair, SanType};
+    let fail = |e: rcgen::Error| TlsError::Generate(e.to_string());
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, hostname);
+    dn.push(
+        DnType::OrganizationName,
+        "Medical load balancer (self-signed)",
+    );
+    params.distinguished_name = dn;
+    let mut sans = vec![SanType::DnsName(hostname.try_into().map_err(fail)?)];
+    if hostname != "localhost" {
+        sans.push(SanType::DnsName("localhost".try_into().map_err(fail)?));
+    }
+    sans.extend(addresses.iter().map(|a| SanType::IpAddress(*a)));
+    params.subject_alt_names = sans;
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now
+        .replace_year(now.year() + VALID_YEARS)
+        .unwrap_or(now + time::Duration::days(365 * i64::from(VALID_YEARS)));
+    let key = KeyPair::generate().map_err(fail)?;
+    let cert = params.self_signed(&key).map_err(fail)?;
+    Ok((cert.pem(), key.serialize_pem()))
 }
 
 fn load(cert: &Path, key: &Path) -> Result<Arc<ServerConfig>, TlsError> {
