@@ -124,6 +124,11 @@ impl Layout {
         self.data.join("updates")
     }
 
+    /// The firewall's lockdown and custom rules: `/data/config/firewall.toml`.
+    pub fn firewall_settings(&self) -> PathBuf {
+        self.config_dir().join("firewall.toml")
+    }
+
     /// Where the appliance looks for updates online: `/data/config/update.toml`.
     pub fn update_settings(&self) -> PathBuf {
         self.config_dir().join("update.toml")

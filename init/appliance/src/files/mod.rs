@@ -20,9 +20,11 @@
 //! | `config/lbcore-ipvs.json` | [`ipvs_owned`] | lbcore (the IPVS services it made) |
 //! | `updates/state.json` | [`update_state`] | the update agent (where an update is) |
 //! | `config/update.toml` | [`update_settings`] | the update agent (where to look online) |
+//! | `config/firewall.toml` | [`firewall`] | lbcore (lockdown networks, custom rules) |
 
 pub mod admin;
 pub mod certificate;
+pub mod firewall;
 pub mod ipvs_owned;
 pub mod lbcore;
 pub mod network;
