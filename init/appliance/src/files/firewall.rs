@@ -133,8 +133,14 @@ mod tests {
         assert!(!s.allows("198.51.100.1".parse().unwrap()));
         assert!(s.allows("2001:db8::5".parse().unwrap()));
         assert!(FirewallSettings::default().allows("198.51.100.1".parse().unwrap()));
-        assert_eq!(parse_network("192.0.2.9/24").unwrap().to_string(), "192.0.2.0/24");
-        assert_eq!(parse_network(" 10.1.2.3 ").unwrap().to_string(), "10.1.2.3/32");
+        assert_eq!(
+            parse_network("192.0.2.9/24").unwrap().to_string(),
+            "192.0.2.0/24"
+        );
+        assert_eq!(
+            parse_network(" 10.1.2.3 ").unwrap().to_string(),
+            "10.1.2.3/32"
+        );
         assert!(parse_network("10.1.2/24").is_err());
     }
 
@@ -148,7 +154,10 @@ mod tests {
             ..FirewallSettings::default()
         };
         s.save(&path).unwrap();
-        assert_eq!(FirewallSettings::load(&path).unwrap().0.lockdown, s.lockdown);
+        assert_eq!(
+            FirewallSettings::load(&path).unwrap().0.lockdown,
+            s.lockdown
+        );
         std::fs::write(&path, "format = 2\nssh = true\n").unwrap();
         let (_, w) = FirewallSettings::load(&path).unwrap();
         assert_eq!(w.len(), 2, "{w:?}");
