@@ -80,6 +80,7 @@ PROGRAMS = {p.name: p for p in [
     Program("mount", "/bin/mount", "mount", "tests/init data partition test: the private /sys/class/block view"),
     Program("openssl", "/usr/bin/openssl", "openssl", "tests/lbcore web API test: a hospital's CA and server certificate"),
     Program("ldd", "/usr/bin/ldd", "libc-bin", "tests/image/test_probe.py: the test probe needs only the image's libraries"),
+    Program("debugfs", "/sbin/debugfs", "e2fsprogs", "lab.update: reads the files of a slot an update wrote, without mounting it"),
 ]}
 
 # The directories Debian's packages install programs into (no /usr/local).

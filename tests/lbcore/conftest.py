@@ -1,11 +1,13 @@
 """Fixtures for lbcore's system tests: a lab of network namespaces (client, load
 balancer, three real servers and a fallback server on one bridge) and a running lbcore
-in the load balancer's namespace, driven through lbctl (lab.lbcore)."""
+in the load balancer's namespace, driven through lbctl (lab.lbcore); lbweb in front of
+it (lab.webapi.Lbweb: `lbweb`, which test_web.py calls `web`)."""
 
 import pytest
 
 from lab.lbcore import Lbcore
 from lab.netns import Lab
+from lab.webapi import Lbweb
 
 
 @pytest.fixture(scope="module")
@@ -47,3 +49,28 @@ def lbcore(lab):
     for lb in started:
         if lb.process.poll() is None:
             lb.stop()
+
+
+@pytest.fixture
+def lbweb(lab):
+    """lbweb(control, update_socket=None, init_socket=None, port=9443) starts lbweb
+    (lab.webapi.Lbweb) in the `lb` host in front of lbcore's control socket `control` (a
+    path, or an Lbcore), with an HTTPS client `api` in the `client` host; each one is
+    stopped after the test."""
+    started = []
+
+    def start(control, **kw):
+        w = Lbweb(lab, control, **kw)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        if w.process.poll() is None:
+            w.stop()
+
+
+@pytest.fixture
+def web(lbweb):
+    """test_web.py's name of `lbweb`: web(lb) in front of the Lbcore `lb`."""
+    return lbweb

@@ -12,11 +12,12 @@ clients are told to ignore fields that later versions add.)
 
 lbweb runs in the load balancer's namespace in front of a real lbcore, a stopped one,
 or a fake control socket that answers what lbweb cannot understand; the client speaks
-HTTPS to it from the client namespace. The last test checks that the file, run whole,
-produced every answer the description documents."""
+HTTPS to it from the client namespace. For the software-update routes it is in front of
+real update agents (`lbupdate serve` on copies of the built disk, lab.update), a fake
+one or none, and of a stand-in for init's control socket. The last test checks that the
+file, run whole, produced every answer the description documents."""
 
 import copy
-import http.client
 import json
 import socket
 import subprocess
@@ -29,20 +30,16 @@ from urllib.parse import urlsplit
 import pytest
 from jsonschema import Draft202012Validator, RefResolver
 
-from lab.binaries import binary
+from lab import update
 from lab.lbcore import VIP
-from lab.netns import connect_from
 from lab.peers import tcp_peer
 from lab.programs import program
 from lab.wait import wait_for
-from lab.webapi import ApiClient
+from lab.webapi import PASSWORD, PORT
 
 REPO = Path(__file__).resolve().parents[2]
 DESCRIPTION_FILE = REPO / "lbcore" / "web" / "openapi.json"
-PORT = 9443
-LB = "10.77.0.2"
 L4_VIP = "10.77.0.101"
-PASSWORD = "correct horse battery"
 OPERATIONS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
 # methods tried on every path to see the 405 (HEAD's answer has no body to check)
 TRIED_METHODS = ("GET", "PUT", "POST", "DELETE", "PATCH")
@@ -92,63 +89,6 @@ label = "RS1"
 address = "10.77.0.11"
 '''
     return text
-
-
-def admin_hash(password):
-    return subprocess.run(
-        [program("argon2"), "lbweb-test-salt", "-id", "-t", "2", "-m", "14", "-p", "1", "-e"],
-        input=password.encode(), capture_output=True, check=True,
-    ).stdout.decode().strip()
-
-
-# TODO(tests/lab): this class and test_web.py's Web are one thing (lbweb in the `lb`
-# host with an ApiClient in the `client` host); it belongs in lab/webapi.py, and the
-# `lbweb` fixture below in tests/lbcore/conftest.py, so that both files use one.
-class Lbweb:
-    """lbweb in the lab's `lb` host in front of the control socket `control`, with the
-    admin account in its own directory, and an HTTPS client in the `client` host."""
-
-    def __init__(self, lab, control):
-        self.lab = lab
-        self.client = lab.hosts["client"]
-        self.dir = Path(tempfile.mkdtemp(prefix="lbweb-openapi-"))
-        self.tls_dir = self.dir / "tls"
-        self.admin = self.dir / "admin.toml"
-        self.admin.write_text(f'user = "admin"\npassword_hash = "{admin_hash(PASSWORD)}"\n')
-        self.log_path = self.dir / "lbweb.log"
-        self.log_file = open(self.log_path, "w")
-        self.process = lab.hosts["lb"].spawn(
-            [binary("lbweb"), "--listen", f"{LB}:{PORT}", "--socket", str(control),
-             "--admin", str(self.admin), "--tls-dir", str(self.tls_dir)],
-            stdout=self.log_file, stderr=subprocess.STDOUT,
-        )
-        wait_for(lambda: "listening on" in self.log_path.read_text() or self.process.poll() is not None,
-                 15, what="lbweb to listen")
-        assert self.process.poll() is None, self.log_path.read_text()
-
-    def api(self):
-        """A new client (no session yet)."""
-        return ApiClient(self.client, LB, PORT, cafile=self.tls_dir / "cert.pem",
-                         hostname=socket.gethostname())
-
-    def stop(self):
-        self.lab.stop(self.process)
-        self.log_file.close()
-
-
-@pytest.fixture
-def lbweb(lab):
-    started = []
-
-    def start(control):
-        w = Lbweb(lab, control)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        if w.process.poll() is None:
-            w.stop()
 
 
 def strict(schema):
@@ -283,7 +223,8 @@ class Checked:
             item = self.doc["paths"][template]
             allowed = {m.upper() for m in OPERATIONS if m in item}
             assert set(response.getheader("Allow").split(", ")) == allowed, what
-        if 200 <= status < 300 and op is not None and "requestBody" in op:
+        if 200 <= status < 300 and op is not None and "application/json" in op.get("requestBody", {}).get(
+                "content", {}):
             # what lbweb took must be what the description asks for
             schema = op["requestBody"]["content"]["application/json"]["schema"]
             self.validate(body, schema, f"the request body of {what}")
@@ -293,6 +234,18 @@ class Checked:
             key = (template, method if op is not None else "other", status)
         self.produced.add(key)
         PRODUCED.add(key)
+
+    def upload(self, path, data, method="PUT"):
+        """An upload of `data` (bytes or a file), its early answer read (ApiClient.upload)."""
+        status, response, answer, _ = self.api.upload(path, data, method=method)
+        self.check(method, path, None, status, response, answer)
+        return status, response, answer
+
+    def partial(self, method, path, headers, body=b""):
+        """A request whose body is not all sent (ApiClient.partial_request)."""
+        status, response, answer = self.api.partial_request(method, path, headers, body, timeout=120)
+        self.check(method, path, None, status, response, answer)
+        return status, response, answer
 
     def login(self, password=PASSWORD):
         """Logs in through the checked client and keeps the session for what follows."""
@@ -304,7 +257,7 @@ class Checked:
 def checked(w):
     """A new client of `w` checked against the description `w` serves (fetched without a
     session)."""
-    api = w.api()
+    api = w.new_client()
     status, response, description = api.request("GET", "/api/openapi.json")
     assert status == 200, description
     c = Checked(api, description)
@@ -327,7 +280,8 @@ class FakeLbcore:
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(self.path))
         self.listener.listen()
-        threading.Thread(target=self.serve, daemon=True).start()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
 
     def serve(self):
         while True:
@@ -340,6 +294,14 @@ class FakeLbcore:
                 conn.sendall(self.reply.encode() + b"\n")
 
     def close(self):
+        # the accept() woken and the thread gone before the descriptor is closed: a thread
+        # left in accept() on a closed descriptor number answered the connections of the
+        # next socket that got that number (a later test's init socket)
+        try:
+            self.listener.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.thread.join(timeout=10)
         self.listener.close()
 
 
@@ -356,6 +318,9 @@ def servers(lab):
     tcp_peer(lab.hosts["rs1"], "rs1", 7100)
 
 
+ARCHIVE = "medlb-0.2.0.update"
+
+
 # a request that each operation of the description takes, with the answer it gets when
 # all is well: every operation must have one here (a new route without a test fails)
 def valid_requests():
@@ -369,7 +334,28 @@ def valid_requests():
         ("/api/services/{service}/servers/{server}/state", "post"):
             ("/api/services/APP/servers/RS1/state", {"state": "online"}),
         ("/api/openapi.json", "get"): ("/api/openapi.json", None),
+        ("/api/update", "get"): ("/api/update", None),
+        ("/api/update/archive", "put"): (f"/api/update/archive?name={ARCHIVE}", None),
+        ("/api/update/checksum", "put"): ("/api/update/checksum", {"text": f"{'0' * 64}  {ARCHIVE}\n"}),
+        ("/api/update/install", "post"): ("/api/update/install", {}),
+        ("/api/update/discard", "post"): ("/api/update/discard", None),
+        ("/api/system/reboot", "post"): ("/api/system/reboot", None),
+        ("/api/update/check", "post"): ("/api/update/check", None),
+        ("/api/update/download", "post"): ("/api/update/download", None),
+        ("/api/update/settings", "get"): ("/api/update/settings", None),
+        ("/api/update/settings", "put"): ("/api/update/settings", {"check": False, "interval_hours": 24}),
     }
+
+
+# the operations of the software update, which test_the_update_routes_answer_as_described
+# answers 2xx (the other tests see them without a session, the CSRF token or an agent)
+UPDATE_OPERATIONS = {("/api/update", "get"), ("/api/update/archive", "put"), ("/api/update/checksum", "put"),
+                     ("/api/update/install", "post"), ("/api/update/discard", "post"),
+                     ("/api/system/reboot", "post")}
+# and those of the online update, which test_the_online_update_routes_answer_as_described
+# answers 2xx
+ONLINE_OPERATIONS = {("/api/update/check", "post"), ("/api/update/download", "post"),
+                     ("/api/update/settings", "get"), ("/api/update/settings", "put")}
 
 
 def operations(doc):
@@ -443,7 +429,8 @@ def test_every_route_answers_as_described_with_and_without_layer_4(lab, lbcore, 
     status, _, _ = c.request("POST", "/api/logout", {})
     assert status == 200
     done = {(t, m.lower()) for t, m, s in c.produced if 200 <= s < 300}
-    assert set(valid_requests()) <= done, f"operations not answered 2xx: {set(valid_requests()) - done}"
+    wanted = set(valid_requests()) - UPDATE_OPERATIONS - ONLINE_OPERATIONS
+    assert wanted <= done, f"operations not answered 2xx: {wanted - done}"
 
 
 def test_without_a_session_or_the_csrf_token_as_described(lbcore, lbweb, servers):
@@ -481,22 +468,8 @@ def test_without_a_session_or_the_csrf_token_as_described(lbcore, lbweb, servers
 def slow_body(c, method, path):
     """Sends the headers of a request and the first byte of its body, then nothing: lbweb
     gives up after 10 s."""
-    api = c.api
-    # TODO(tests/lab): ApiClient could offer its TLS connection (here its _context)
-    tls = api._context().wrap_socket(connect_from(api.host, api.address, api.port, timeout=30),
-                                     server_hostname=api.hostname)
-    conn = http.client.HTTPConnection(api.address, api.port, timeout=30)
-    conn.sock = tls
-    conn.putrequest(method, path)
-    for name, value in (("Content-Type", "application/json"), ("Content-Length", "100"),
-                        ("Cookie", api.cookie), ("X-CSRF-Token", api.csrf)):
-        conn.putheader(name, value)
-    conn.endheaders(message_body=b"{")
-    r = conn.getresponse()
-    answer = json.loads(r.read())
-    conn.close()
-    c.check(method, path, None, r.status, r, answer)
-    return r.status
+    status, _, _ = c.partial(method, path, {"Content-Type": "application/json", "Content-Length": "100"}, b"{")
+    return status
 
 
 def test_wrong_requests_answer_as_described(lab, lbcore, lbweb, servers):
@@ -621,6 +594,298 @@ def test_login_failures_answer_as_described(lbweb):
         assert c.request("POST", "/api/login", {"user": "admin", "password": "guess"})[0] == 401
     status, r, body = c.request("POST", "/api/login", good)
     assert status == 429 and int(r.getheader("Retry-After")) > 0, body
+
+
+@pytest.fixture
+def update_agents(tmp_path):
+    """update_agents(name) starts an update agent (lab.update.Agent: lbupdate serve, as
+    0.1.0 booted from slot A) on its own copy of the built disk; each one is stopped
+    after the test."""
+    update.ensure_built()
+    started = []
+
+    def start(name):
+        disk = update.Disk(tmp_path / f"{name}.raw")
+        agent = update.Agent(tmp_path / name, disk).start()
+        started.append(agent)
+        return agent
+
+    yield start
+    for agent in started:
+        agent.stop()
+
+
+@pytest.fixture
+def fake_init(tmp_path):
+    init = update.FakeInit(tmp_path / "init.sock")
+    yield init
+    init.close()
+
+
+def chattr(flag, path):
+    """chattr +i / -i: nothing can be created in (or written to) `path`, even as root."""
+    r = subprocess.run([program("chattr"), flag, str(path)], capture_output=True, text=True)
+    assert r.returncode == 0, f"this file system cannot make {path} immutable: {r.stderr}"
+
+
+ARCHIVE_PUT = f"/api/update/archive?name={ARCHIVE}"
+CHECKSUM_PUT = "/api/update/checksum"
+INSTALL_POST = "/api/update/install"
+DISCARD_POST = "/api/update/discard"
+REBOOT_POST = "/api/system/reboot"
+OCTETS = "application/octet-stream"
+# the largest archive lbweb takes (openapi.json: "larger than an update can be (256 MiB)")
+MAX_ARCHIVE = 256 << 20
+
+
+def test_the_update_routes_answer_as_described(lbweb, update_agents, fake_init, fake_lbcore, tmp_path):
+    slot = update.new_version("0.2.0", tmp_path / "slot")
+    archive, checksum = update.pack(slot, "0.2.0", tmp_path / "release")
+    assert archive.name == ARCHIVE
+    unsigned = [e for e in update.entries(archive) if e.name != "manifest.minisig"]
+    (tmp_path / "unsigned").mkdir()
+    unsigned = update.write_archive(tmp_path / "unsigned" / ARCHIVE, unsigned)
+    agent, busy = update_agents("agent"), update_agents("busy")
+    w = lbweb(no_lbcore(), update_socket=agent.socket, init_socket=fake_init.path)
+    c = checked(w)
+    c.login()
+    # a second agent kept busy by an upload that stops: lbweb gives up after 60 s
+    w2 = lbweb(no_lbcore(), update_socket=busy.socket, port=PORT + 1)
+    c2 = checked(w2)
+    c2.login()
+
+    def stage(what=archive):
+        status, _, staged = c.upload(ARCHIVE_PUT, what)
+        assert status == 200 and staged == {"name": ARCHIVE, "size": what.stat().st_size, "checksum": False}
+        text = Path(f"{what}.sha256").read_text()
+        status, _, staged = c.request("PUT", CHECKSUM_PUT, {"text": text})
+        assert status == 200 and staged["checksum"] is True, staged
+
+    with ThreadPoolExecutor(4) as pool:
+        stalled = pool.submit(c2.partial, "PUT", ARCHIVE_PUT,
+                              {"Content-Type": OCTETS, "Content-Length": str(archive.stat().st_size)},
+                              archive.read_bytes()[:64 << 10])
+        slow = [pool.submit(slow_body, c, "PUT", CHECKSUM_PUT), pool.submit(slow_body, c, "POST", INSTALL_POST)]
+        wait_for(lambda: busy.status().get("progress", {}).get("done", 0) > 0, 15,
+                 what="the stalled upload to reach the agent")
+        # 409: a checksum while the agent receives
+        status, _, body = c2.request("PUT", CHECKSUM_PUT, {"text": checksum.read_text()})
+        assert status == 409 and body["error"] == "another update request is under way", body
+
+        status, _, state = c.request("GET", "/api/update")
+        assert status == 200 and state["step"] == "idle" and state["running"]["slot"] == "a", state
+
+        # the archive: no name 400, no Content-Length 411, too large 413, a bad name 422
+        status, _, body = c.upload("/api/update/archive", archive)
+        assert status == 400 and "name the archive" in body["error"], body
+        status, _, body = c.partial("PUT", ARCHIVE_PUT, {"Content-Type": OCTETS, "Transfer-Encoding": "chunked"})
+        assert status == 411, body
+        status, _, body = c.partial("PUT", ARCHIVE_PUT, {"Content-Type": OCTETS,
+                                                         "Content-Length": str(MAX_ARCHIVE + 1)})
+        assert status == 413, body
+        status, _, body = c.upload("/api/update/archive?name=.hidden", b"x" * 1000)
+        assert status == 422 and "`.hidden` is not an archive's file name" in body["error"], body
+        # 500: /data cannot be written
+        chattr("+i", agent.data / "updates")
+        try:
+            status, _, body = c.upload(ARCHIVE_PUT, b"x" * 1000)
+            assert status == 500 and "cannot create" in body["error"], body
+        finally:
+            chattr("-i", agent.data / "updates")
+
+        # the checksum file: 400, 413, 415, 422
+        assert c.request("PUT", CHECKSUM_PUT, {"txt": checksum.read_text()})[0] == 400
+        assert c.request("PUT", CHECKSUM_PUT, raw_body=json.dumps({"text": "0" * (5 << 10)}),
+                         headers={"Content-Type": "application/json"})[0] == 413
+        assert c.request("PUT", CHECKSUM_PUT, raw_body="text=x",
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})[0] == 415
+        status, _, body = c.request("PUT", CHECKSUM_PUT, {"text": "not a checksum"})
+        assert status == 422 and "not a sha256sum line" in body["error"], body
+
+        # the install: 400, 413, 415, 422 (nothing staged; an unsigned archive)
+        assert c.request("POST", INSTALL_POST, {"allow_downgrade": False, "force": True})[0] == 400
+        assert c.request("POST", INSTALL_POST, raw_body=json.dumps({"x": "0" * (5 << 10)}),
+                         headers={"Content-Type": "application/json"})[0] == 413
+        assert c.request("POST", INSTALL_POST, raw_body="allow_downgrade=1",
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})[0] == 415
+        status, _, body = c.request("POST", INSTALL_POST, {})
+        assert status == 422 and "no archive is staged" in body["error"], body
+        stage(unsigned)
+        status, _, body = c.request("POST", INSTALL_POST, {"allow_downgrade": False})
+        assert status == 422 and body["error"].startswith("not signed"), body
+        # 500: the disk cannot be written
+        stage()
+        env = agent.disk.env()
+        chattr("+i", agent.disk.path)
+        try:
+            status, _, body = c.request("POST", INSTALL_POST, {})
+            assert status == 500 and "cannot find the disk with the slots" in body["error"], body
+        finally:
+            chattr("-i", agent.disk.path)
+        assert agent.disk.env() == env
+
+        # discard: 200
+        stage()
+        status, _, body = c.request("POST", DISCARD_POST)
+        assert status == 200, body
+        assert "staged" not in c.request("GET", "/api/update")[2]
+
+        # 409: an install while another one runs; 200 for that one
+        stage()
+        first = pool.submit(c.request, "POST", INSTALL_POST, {})
+        wait_for(lambda: "progress" in agent.status() or first.done(), 30, interval=0.01,
+                 what="the install to be under way")
+        status, _, body = c.request("POST", INSTALL_POST, {})
+        assert status == 409 and body["error"] == "another update request is under way", body
+        status, _, done = first.result()
+        assert status == 200 and done["slot"] == "b", done
+        status, _, state = c.request("GET", "/api/update")
+        assert status == 200 and state["step"] == "installed" and state["reboot_required"] is True, state
+
+        # 409: an upload or a discard while it waits for the reboot
+        status, _, body = c.upload(ARCHIVE_PUT, archive)
+        assert status == 409 and "is installed and waits for a restart" in body["error"], body
+        assert c.request("POST", DISCARD_POST)[0] == 409
+
+        # the reboot: 202 when init takes it, 503 when it does not
+        status, _, body = c.request("POST", REBOOT_POST)
+        assert status == 202 and fake_init.lines == ["reboot\n"], (body, fake_init.lines)
+        fake_init.reply = {"ok": False, "error": "init is shutting down"}
+        status, _, body = c.request("POST", REBOOT_POST)
+        assert status == 503 and "init is shutting down" in body["error"], body
+
+        # 408: the bodies that did not come
+        assert [f.result() for f in slow] == [408, 408]
+        status, _, body = stalled.result()
+        assert status == 408 and "nothing was kept" in body["error"], body
+    wait_for(lambda: busy.status()["step"] == "idle", 10, what="the stalled upload to be dropped")
+    assert busy.staged_files() == [], "the stalled upload was kept"
+
+    # no agent, no init (the sockets lbweb is given do not exist): 503; an agent that
+    # answers what lbweb does not understand: 502
+    asking = [("GET", "/api/update", None), ("PUT", ARCHIVE_PUT, b"x" * 1000),
+              ("PUT", CHECKSUM_PUT, {"text": checksum.read_text()}), ("POST", INSTALL_POST, {}),
+              ("POST", DISCARD_POST, None)]
+    fake_lbcore.reply = "not an answer"
+    for update_socket, expected in [(None, 503), (fake_lbcore.path, 502)]:
+        w.stop()
+        w = lbweb(no_lbcore(), update_socket=update_socket)
+        c = checked(w)
+        c.login()
+        for method, path, body in asking:
+            if isinstance(body, bytes):
+                status, _, answer = c.upload(path, body)
+            else:
+                status, _, answer = c.request(method, path, body)
+            assert status == expected, (update_socket, method, path, answer)
+        if expected == 503:
+            status, _, answer = c.request("POST", REBOOT_POST)
+            assert status == 503 and "init does not take the reboot" in answer["error"], answer
+
+    done = {(t, m.lower()) for t, m, s in PRODUCED if 200 <= s < 300}
+    assert UPDATE_OPERATIONS <= done, f"update operations not answered 2xx: {UPDATE_OPERATIONS - done}"
+
+
+@pytest.fixture
+def update_server(tmp_path):
+    server = update.UpdateServer(tmp_path / "update-server")
+    yield server
+    server.close()
+
+
+CHECK_POST = "/api/update/check"
+DOWNLOAD_POST = "/api/update/download"
+SETTINGS = "/api/update/settings"
+
+
+def test_the_online_update_routes_answer_as_described(lbweb, update_agents, update_server, fake_lbcore,
+                                                      tmp_path):
+    slot = update.new_version("0.2.0", tmp_path / "slot")
+    archive, checksum = update.pack(slot, "0.2.0", tmp_path / "release", notes="Online.\n")
+    update_server.publish(archive, checksum)
+    agent = update_agents("agent")
+    w = lbweb(no_lbcore(), update_socket=agent.socket)
+    c = checked(w)
+    c.login()
+
+    with ThreadPoolExecutor(1) as pool:
+        slow = pool.submit(slow_body, c, "PUT", SETTINGS)
+
+        # nothing set yet: the defaults, no server to ask, nothing to download
+        status, _, settings = c.request("GET", SETTINGS)
+        assert status == 200 and settings == {"check": True, "interval_hours": 24}, settings
+        status, _, body = c.request("POST", CHECK_POST)
+        assert status == 422 and "no update server is set" in body["error"], body
+        status, _, body = c.request("POST", DOWNLOAD_POST)
+        assert status == 422 and "no update is available" in body["error"], body
+
+        # settings refused: an unknown field 400, too large 413, not JSON 415, a wrong value 422
+        good = {"url": update_server.url, "check": False, "interval_hours": 24, "ca_file": str(update_server.ca)}
+        assert c.request("PUT", SETTINGS, dict(good, colour="blue"))[0] == 400
+        assert c.request("PUT", SETTINGS, raw_body=json.dumps(dict(good, url="https://" + "x" * (5 << 10))),
+                         headers={"Content-Type": "application/json"})[0] == 413
+        assert c.request("PUT", SETTINGS, raw_body="check=1",
+                         headers={"Content-Type": "application/x-www-form-urlencoded"})[0] == 415
+        for wrong, field in [({"url": "http://localhost/index.json"}, "url:"), ({"interval_hours": 0}, "interval_hours:"),
+                             ({"ca_file": "ca.pem"}, "ca_file:"), ({"proxy": "proxy:3128"}, "proxy:")]:
+            status, _, body = c.request("PUT", SETTINGS, dict(good, **wrong))
+            assert status == 422 and body["error"].startswith(field), (wrong, body)
+        status, _, taken = c.request("PUT", SETTINGS, good)
+        assert status == 200 and taken == good, taken
+        assert c.request("GET", SETTINGS)[2] == good
+
+        # the server offers 0.2.0: checked, then downloaded and installed
+        status, _, found = c.request("POST", CHECK_POST)
+        assert status == 200 and found["message"] == "Update 0.2.0 is available", found
+        assert found["available"] == {"version": "0.2.0", "notes": "Online.\n", "size": archive.stat().st_size}
+        status, _, state = c.request("GET", "/api/update")
+        assert status == 200 and state["available"]["version"] == "0.2.0", state
+        # 500: the archive is gone from the server when the download asks for it
+        published = update_server.files / "medlb" / archive.name
+        published.rename(published.with_suffix(".away"))
+        status, _, body = c.request("POST", DOWNLOAD_POST)
+        assert status == 500 and "404" in body["error"], body
+        published.with_suffix(".away").rename(published)
+        status, _, staged = c.request("POST", DOWNLOAD_POST)
+        assert status == 200 and staged == {"name": archive.name, "size": archive.stat().st_size,
+                                            "checksum": True}, staged
+        status, _, done = c.request("POST", "/api/update/install", {})
+        assert status == 200 and done["version"] == "0.2.0" and done["slot"] == "b", done
+        # 409: installed, waiting for the reboot
+        status, _, body = c.request("POST", DOWNLOAD_POST)
+        assert status == 409 and "is installed and waits for a restart" in body["error"], body
+
+        # 500: the settings file cannot be written, or cannot be read
+        config = agent.data / "config"
+        chattr("+i", config)
+        try:
+            status, _, body = c.request("PUT", SETTINGS, dict(good, check=True))
+            assert status == 500, body
+        finally:
+            chattr("-i", config)
+        (config / "update.toml").write_text("url = \n")
+        for method, path, body in [("GET", SETTINGS, None), ("POST", CHECK_POST, None)]:
+            status, _, answer = c.request(method, path, body)
+            assert status == 500 and "update.toml" in answer["error"], (method, path, answer)
+
+        # 408: a body that does not come
+        assert slow.result() == 408
+
+    # no agent: 503; an agent that answers what lbweb does not understand: 502
+    asking = [("GET", SETTINGS, None), ("PUT", SETTINGS, {"check": False, "interval_hours": 24}),
+              ("POST", CHECK_POST, None), ("POST", DOWNLOAD_POST, None)]
+    fake_lbcore.reply = "not an answer"
+    for update_socket, expected in [(None, 503), (fake_lbcore.path, 502)]:
+        w.stop()
+        w = lbweb(no_lbcore(), update_socket=update_socket)
+        c = checked(w)
+        c.login()
+        for method, path, body in asking:
+            status, _, answer = c.request(method, path, body)
+            assert status == expected, (update_socket, method, path, answer)
+
+    done = {(t, m.lower()) for t, m, s in PRODUCED if 200 <= s < 300}
+    assert ONLINE_OPERATIONS <= done, f"online update operations not answered 2xx: {ONLINE_OPERATIONS - done}"
 
 
 def test_every_documented_answer_was_produced(request):

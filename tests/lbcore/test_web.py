@@ -9,40 +9,23 @@ import shutil
 import socket
 import ssl
 import subprocess
-import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
-from lab.binaries import binary
 from lab.lbcore import STALL, VIP
 from lab.netns import connect_from
 from lab.peers import PYTHON, tcp_peer
 from lab.programs import program
-from lab.wait import wait_for, wait_listening
-from lab.webapi import ApiClient
+from lab.wait import wait_listening
+from lab.webapi import PASSWORD, PORT, ApiClient, admin_hash
 
-PORT = 9443
-LB = "10.77.0.2"
-PASSWORD = "correct horse battery"
+LB = "10.77.0.2"  # the lab's `lb` host, where lbweb listens (the `web` fixture: lab.webapi.Lbweb)
 # README: "Five wrong passwords from one address lock it out for a minute"
 MAX_FAILURES, LOCKOUT = 5, 60
 # holds a port without SO_REUSEPORT, so that lbcore cannot share it
 BLOCKER = "import socket, sys, time; s = socket.socket(); s.bind(('0.0.0.0', int(sys.argv[1]))); s.listen(); time.sleep(600)"
-
-
-def admin_hash(password):
-    return subprocess.run(
-        [program("argon2"), "lbweb-test-salt", "-id", "-t", "2", "-m", "14", "-p", "1", "-e"],
-        input=password.encode(), capture_output=True, check=True,
-    ).stdout.decode().strip()
-
-
-def admin_file(directory):
-    path = Path(directory) / "admin.toml"
-    path.write_text(f'user = "admin"\npassword_hash = "{admin_hash(PASSWORD)}"\n')
-    return path
 
 
 def config(weight2=100, port=7000, extra=""):
@@ -66,61 +49,6 @@ address = "10.77.0.12"
 port = 7100
 weight = {weight2}
 '''
-
-
-class Web:
-    """lbweb in the `lb` host, and an HTTPS client in the `client` host."""
-
-    def __init__(self, lab, lb):
-        self.lab = lab
-        self.client = lab.hosts["client"]
-        self.dir = Path(tempfile.mkdtemp(prefix="lbweb-test-"))
-        self.tls_dir = self.dir / "tls"
-        self.log_path = self.dir / "lbweb.log"
-        self.socket = lb.socket
-        self.admin = admin_file(self.dir)
-        self.api = ApiClient(self.client, LB, PORT, cafile=self.tls_dir / "cert.pem",
-                             hostname=socket.gethostname())
-        self.start()
-
-    def start(self):
-        self.log_file = open(self.log_path, "w")
-        self.process = self.lab.hosts["lb"].spawn(
-            [binary("lbweb"), "--listen", f"{LB}:{PORT}", "--socket", str(self.socket),
-             "--admin", str(self.admin), "--tls-dir", str(self.tls_dir)],
-            stdout=self.log_file, stderr=subprocess.STDOUT,
-        )
-        wait_for(lambda: "listening on" in self.log() or self.process.poll() is not None, 15,
-                 what="lbweb to listen")
-        assert self.process.poll() is None, self.log()
-
-    def log(self):
-        return self.log_path.read_text()
-
-    def request(self, *args, **kw):
-        return self.api.request(*args, **kw)
-
-    def login(self, password=PASSWORD):
-        return self.api.login(password)
-
-    def stop(self):
-        self.lab.stop(self.process)
-        self.log_file.close()
-
-
-@pytest.fixture
-def web(lab):
-    started = []
-
-    def start(lb):
-        w = Web(lab, lb)
-        started.append(w)
-        return w
-
-    yield start
-    for w in started:
-        if w.process.poll() is None:
-            w.stop()
 
 
 @pytest.fixture
