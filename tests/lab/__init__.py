@@ -12,5 +12,6 @@ tests/bench/run sets PYTHONPATH, so everything imports these as `lab.<module>`:
   webapi      a client of lbweb's HTTPS JSON API, from inside a test host
   pid1        init run as PID 1 of fresh namespaces (tests/init)
   vm          the appliance image under QEMU: qemu/run, the serial console, disks
+  update      update archives, disk copies read from outside, the agent on the host
   dicom_files small but real DICOM files, and their data sets compared
 """

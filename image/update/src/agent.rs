@@ -285,9 +285,9 @@ impl Agent {
         i.state = s;
     }
 
-    /// Takes the agent for one request that changes something; `None` when busy.
-    fn begin(&self) -> Result<(), Refused> {
-        let mut i = self.lock();
+    /// Why a request that changes something must wait: another one is under way, or an
+    /// installed update waits for its reboot (nothing may be staged over it).
+    fn occupied(i: &Inner) -> Result<(), Refused> {
         if i.busy {
             return Err(Refused::new(
                 RefusalKind::Busy,
@@ -305,6 +305,13 @@ impl Agent {
                 format!("{v} is installed and waits for a restart of the appliance"),
             ));
         }
+        Ok(())
+    }
+
+    /// Takes the agent for one request that changes something.
+    fn begin(&self) -> Result<(), Refused> {
+        let mut i = self.lock();
+        Self::occupied(&i)?;
         i.busy = true;
         Ok(())
     }
@@ -340,12 +347,7 @@ impl Agent {
             }
         })?;
         let mut i = self.lock();
-        if i.busy {
-            return Err(Refused::new(
-                RefusalKind::Busy,
-                "another update request is under way",
-            ));
-        }
+        Self::occupied(&i)?;
         i.checksum = Some(text);
         let staged = i.staged.clone().unwrap_or(Staged {
             name: String::new(),
