@@ -9,13 +9,18 @@
 //! - [`health`], [`monitor`]: health-check probes and the monitor per real server.
 //! - [`ipvs`]: Layer 4 services on the kernel's IPVS (generic netlink), SNAT rules.
 //! - [`addresses`]: service addresses on the appliance's interfaces.
+//! - [`firewall`]: the appliance's own nftables table (`inet medlb`): what reaches the
+//!   appliance, lockdown of the management ports, the administrator's custom rules;
+//!   [`nft`]: running `nft`, for it and for the SNAT table.
 //!
 //! The control protocol that lbctl and lbweb speak is the `lbcore-control` crate.
 pub mod addresses;
 pub mod daemon;
+pub mod firewall;
 pub mod health;
 pub mod ipvs;
 pub mod monitor;
+pub mod nft;
 pub mod persistence;
 pub mod proxy;
 pub mod scheduler;

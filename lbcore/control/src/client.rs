@@ -6,7 +6,10 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::{AdminState, Answer, Applied, Refused, Reply, Request, StateSet, Status};
+use crate::{
+    AdminState, Answer, Applied, FirewallStatus, LockdownApplied, Refused, Reply, Request,
+    StateSet, Status,
+};
 
 /// How long lbcore may take to answer (an apply binds ports and writes /data).
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -123,6 +126,30 @@ impl Client {
         match self.call(&Request::ShowConfig)? {
             Answer::Config(c) => Ok(c.text),
             other => Err(unexpected(&Request::ShowConfig, &other)),
+        }
+    }
+
+    /// A firewall request whose answer is the firewall's status.
+    pub fn firewall(&self, request: &Request) -> Result<FirewallStatus, CallError> {
+        match self.call(request)? {
+            Answer::Firewall(f) => Ok(f),
+            other => Err(unexpected(request, &other)),
+        }
+    }
+
+    /// Applies a lockdown to `networks` (to be confirmed with its token).
+    pub fn set_lockdown(
+        &self,
+        networks: Vec<String>,
+        requester: Option<String>,
+    ) -> Result<LockdownApplied, CallError> {
+        let request = Request::SetLockdown {
+            networks,
+            requester,
+        };
+        match self.call(&request)? {
+            Answer::LockdownApplied(l) => Ok(l),
+            other => Err(unexpected(&request, &other)),
         }
     }
 }

@@ -19,9 +19,11 @@
 //!
 //! - [`status`]: the System Overview that the status request answers.
 //! - [`ipvs`]: the kernel's IPVS table as lbcore reports it.
+//! - [`firewall`]: the firewall's status, lockdown and custom rules.
 //! - [`client`]: a blocking client for lbctl, lbweb and the tests.
 
 pub mod client;
+pub mod firewall;
 pub mod ipvs;
 pub mod status;
 
@@ -30,6 +32,7 @@ use serde::{Deserialize, Serialize};
 pub use appliance::files::Warning;
 pub use appliance::files::operator_state::AdminState;
 pub use client::{CallError, Client};
+pub use firewall::{FirewallStatus, LockdownApplied};
 pub use status::Status;
 
 /// The version of this protocol; a status answer carries it.
@@ -65,6 +68,23 @@ pub enum Request {
     },
     /// The configuration file's text, as the running configuration was read from it.
     ShowConfig,
+    /// The firewall: lockdown, custom rules, the active ruleset and its counters.
+    Firewall,
+    /// Restricts the management ports to `networks` (CIDRs or addresses). Applied at
+    /// once, saved only when confirmed ([`Request::ConfirmLockdown`]) within the window,
+    /// else undone. `requester`: the address the administrator asks from (the web UI
+    /// passes the browser's); a list that would shut it out is refused.
+    SetLockdown {
+        networks: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        requester: Option<String>,
+    },
+    /// Keeps the lockdown that [`Request::SetLockdown`] applied (its `token`).
+    ConfirmLockdown { token: String },
+    /// Management from anywhere again (the console's recovery path); `origin` is logged.
+    LockdownOff { origin: String },
+    /// Makes `text` the custom rules, once nft has checked them with the whole ruleset.
+    SetCustomRules { text: String },
 }
 
 impl Request {
@@ -76,6 +96,11 @@ impl Request {
             Request::Reload => "reload",
             Request::Apply { .. } => "apply",
             Request::ShowConfig => "show-config",
+            Request::Firewall => "firewall",
+            Request::SetLockdown { .. } => "set-lockdown",
+            Request::ConfirmLockdown { .. } => "confirm-lockdown",
+            Request::LockdownOff { .. } => "lockdown-off",
+            Request::SetCustomRules { .. } => "set-custom-rules",
         }
     }
 }
@@ -109,6 +134,11 @@ pub enum Answer {
     Applied(Applied),
     /// To [`Request::ShowConfig`].
     Config(ConfigText),
+    /// To [`Request::Firewall`], [`Request::ConfirmLockdown`], [`Request::LockdownOff`]
+    /// and [`Request::SetCustomRules`]: the firewall as it is now.
+    Firewall(FirewallStatus),
+    /// To [`Request::SetLockdown`].
+    LockdownApplied(LockdownApplied),
 }
 
 impl Answer {
@@ -119,6 +149,8 @@ impl Answer {
             Answer::StateSet(_) => "state-set",
             Answer::Applied(_) => "applied",
             Answer::Config(_) => "config",
+            Answer::Firewall(_) => "firewall",
+            Answer::LockdownApplied(_) => "lockdown-applied",
         }
     }
 }

@@ -30,6 +30,17 @@ struct Args {
     /// host of its own: the spinning takes CPU time other VMs on the host could use.
     #[arg(long, default_value_t = 0, value_name = "MICROSECONDS")]
     busy_poll_us: u64,
+    /// Keep the appliance's firewall (nftables table `inet medlb`) with the settings in
+    /// this file (lockdown, custom rules; written by lbcore). Without it lbcore leaves
+    /// netfilter alone, but for the SNAT of Layer 4.
+    #[arg(long, value_name = "FIREWALL_TOML")]
+    firewall: Option<PathBuf>,
+    /// A management port (TCP) the lockdown restricts; repeat for each [default: 9443].
+    #[arg(long = "management-port", value_name = "PORT")]
+    management_ports: Vec<u16>,
+    /// Seconds an applied lockdown waits for its confirmation before it is undone.
+    #[arg(long, default_value_t = 60, value_parser = clap::value_parser!(u64).range(5..=3600))]
+    lockdown_confirm_seconds: u64,
     /// Only check the configuration file, as strictly as a configuration submitted
     /// with `lbctl apply` (a key lbcore does not know is an error), and exit.
     #[arg(long)]
@@ -83,6 +94,15 @@ fn main() -> ExitCode {
         socket: args.socket,
         state,
         manage_addresses: !args.no_manage_addresses,
+        firewall: args.firewall.map(|settings| lbcore::firewall::Options {
+            settings,
+            management_ports: if args.management_ports.is_empty() {
+                vec![lbcore::firewall::WEB_UI_PORT]
+            } else {
+                args.management_ports
+            },
+            confirm_window: std::time::Duration::from_secs(args.lockdown_confirm_seconds),
+        }),
     };
     match runtime.block_on(daemon::run(options)) {
         Ok(()) => ExitCode::SUCCESS,

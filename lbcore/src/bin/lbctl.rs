@@ -11,7 +11,7 @@ use lbcore_control::{AdminState, Answer, CallError, Client, Request, Status};
 #[derive(Parser)]
 #[command(
     version,
-    about = "Control the load-balancing core: status, drain/halt/online, reload, apply a configuration"
+    about = "Control the load-balancing core: status, drain/halt/online, reload, apply a configuration, the firewall"
 )]
 struct Args {
     /// lbcore's control socket.
@@ -42,6 +42,30 @@ enum Command {
     Apply { file: PathBuf },
     /// Print the configuration file lbcore runs from.
     ShowConfig,
+    /// The firewall: its state, lockdown of the management ports, custom rules.
+    Firewall {
+        #[command(subcommand)]
+        action: Option<FirewallCommand>,
+        /// Print JSON for machines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum FirewallCommand {
+    /// Restrict management to NETWORKS (CIDRs or addresses); undone after the
+    /// confirmation window unless confirmed with the token printed.
+    Lockdown {
+        #[arg(required = true)]
+        networks: Vec<String>,
+    },
+    /// Keep the lockdown that `lockdown` applied.
+    Confirm { token: String },
+    /// Management from anywhere again (logged).
+    Off,
+    /// Make FILE the custom rules (`-`: standard input); checked by nft first.
+    Custom { file: PathBuf },
 }
 
 fn main() -> ExitCode {
@@ -66,6 +90,34 @@ fn main() -> ExitCode {
             }
         },
         Command::ShowConfig => (Request::ShowConfig, false),
+        Command::Firewall { action, json } => {
+            let request = match action {
+                None => Request::Firewall,
+                Some(FirewallCommand::Lockdown { networks }) => Request::SetLockdown {
+                    networks,
+                    requester: None,
+                },
+                Some(FirewallCommand::Confirm { token }) => Request::ConfirmLockdown { token },
+                Some(FirewallCommand::Off) => Request::LockdownOff {
+                    origin: "lbctl".into(),
+                },
+                Some(FirewallCommand::Custom { file }) => {
+                    let text = if file.as_os_str() == "-" {
+                        std::io::read_to_string(std::io::stdin())
+                    } else {
+                        std::fs::read_to_string(&file)
+                    };
+                    match text {
+                        Ok(text) => Request::SetCustomRules { text },
+                        Err(e) => {
+                            eprintln!("lbctl: cannot read {}: {e}", file.display());
+                            return ExitCode::from(2);
+                        }
+                    }
+                }
+            };
+            (request, json)
+        }
     };
     match Client::new(&args.socket).call(&request) {
         Ok(answer) => print_answer(&answer, json),
@@ -91,13 +143,13 @@ fn set(service: String, server: String, state: AdminState) -> Request {
 
 fn print_answer(answer: &Answer, json: bool) -> ExitCode {
     match answer {
-        Answer::Status(status) if json => match serde_json::to_string_pretty(status) {
-            Ok(text) => println!("{text}"),
-            Err(e) => {
-                eprintln!("lbctl: {e}");
-                return ExitCode::FAILURE;
-            }
-        },
+        Answer::Status(status) if json => return print_json(status),
+        Answer::Firewall(f) if json => return print_json(f),
+        Answer::Firewall(f) => print!("{}", firewall_text(f)),
+        Answer::LockdownApplied(l) => {
+            println!("{}", l.message);
+            println!("confirm with: lbctl firewall confirm {}", l.token);
+        }
         Answer::Status(status) => print!("{}", table(status)),
         Answer::Config(c) => print!("{}", c.text),
         Answer::StateSet(s) => println!("{}", s.message),
@@ -109,6 +161,63 @@ fn print_answer(answer: &Answer, json: bool) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+fn print_json(value: &impl serde::Serialize) -> ExitCode {
+    match serde_json::to_string_pretty(value) {
+        Ok(text) => {
+            println!("{text}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lbctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The firewall as text: lockdown, last apply, counters, custom rules.
+fn firewall_text(f: &lbcore_control::FirewallStatus) -> String {
+    if !f.enabled {
+        return "firewall: not kept by this lbcore (started without --firewall)\n".into();
+    }
+    let ports: Vec<String> = f.management_ports.iter().map(u16::to_string).collect();
+    let mut out = format!(
+        "management ports {}: {}\n",
+        ports.join(","),
+        if f.lockdown.is_empty() {
+            "from anywhere (lockdown off)".to_string()
+        } else {
+            format!("from {}", f.lockdown.join(", "))
+        }
+    );
+    if let Some(p) = &f.pending {
+        out += &format!(
+            "waiting for confirmation: lockdown to {} ({} s left)\n",
+            p.networks.join(", "),
+            p.seconds_left
+        );
+    }
+    if let Some(a) = &f.last_apply {
+        out += &format!(
+            "last apply: {} ({})\n",
+            a.message,
+            if a.ok { "ok" } else { "failed" }
+        );
+    }
+    for c in &f.counters {
+        out += &format!("{:>10} packets  {}: {}\n", c.packets, c.name, c.what);
+    }
+    if !f.custom.is_empty() {
+        out += "custom rules:\n";
+        for l in f.custom.lines() {
+            out += &format!("  {l}\n");
+        }
+    }
+    if let Some(e) = &f.custom_error {
+        out += &format!("last custom rules refused: {e}\n");
+    }
+    out
 }
 
 /// The System Overview as text: one block per service, one line per real server.

@@ -49,6 +49,12 @@ pub enum ChangeError {
     NoServer { service: String, server: String },
     #[error("the {0} task failed: {1}")]
     Task(&'static str, String),
+    /// The firewall could not follow the new configuration (the old one runs on).
+    #[error("{0}")]
+    Firewall(String),
+    /// A firewall request refused, as the firewall said.
+    #[error("{0}")]
+    Refused(Refused),
 }
 
 impl ChangeError {
@@ -56,9 +62,11 @@ impl ChangeError {
         match self {
             ChangeError::Config(_) | ChangeError::Bind { .. } => RefusalKind::Invalid,
             ChangeError::NoService(_) | ChangeError::NoServer { .. } => RefusalKind::NotFound,
-            ChangeError::Save { .. } | ChangeError::ReadFile { .. } | ChangeError::Task(..) => {
-                RefusalKind::Failed
-            }
+            ChangeError::Refused(r) => r.kind,
+            ChangeError::Save { .. }
+            | ChangeError::ReadFile { .. }
+            | ChangeError::Task(..)
+            | ChangeError::Firewall(_) => RefusalKind::Failed,
         }
     }
 }
@@ -153,11 +161,21 @@ impl Daemon {
         warnings: Vec<Warning>,
     ) -> Result<String, ChangeError> {
         let prepared = self.prepare(new)?;
+        // the firewall must be able to let the new services in before they replace the
+        // old ones; it follows right after the commit
+        let candidate = Arc::new(prepared.config.clone());
+        let c = candidate.clone();
+        if let Some(Err(e)) = self.with_firewall(move |f| f.check_config(&c)).await {
+            return Err(ChangeError::Firewall(e));
+        }
         for w in &warnings {
             warn!("{w}");
         }
         self.config_warnings = warnings;
-        Ok(self.commit(prepared).await)
+        let summary = self.commit(prepared).await;
+        // a failure is logged and shown in the firewall's status; the rules before stay
+        let _ = self.with_firewall(move |f| f.follow(&candidate)).await;
+        Ok(summary)
     }
 
     /// Phase 1 of a change: everything that can fail. Ports are bound here, before

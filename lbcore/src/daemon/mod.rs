@@ -28,6 +28,7 @@ use tracing::{info, warn};
 
 use crate::addresses::ServiceAddresses;
 use crate::config::Config;
+use crate::firewall::{self, Firewall};
 use crate::ipvs::manager::{Manager, Plan};
 use crate::monitor::MonitorSpec;
 use crate::server::Server;
@@ -46,6 +47,9 @@ pub struct Options {
     /// Add and remove service addresses on the interfaces (off for tests that use
     /// loopback, or where the network configuration owns them).
     pub manage_addresses: bool,
+    /// Keep the appliance's firewall (the appliance's lbcore does; tests of other parts
+    /// and a development host leave netfilter alone).
+    pub firewall: Option<firewall::Options>,
 }
 
 /// A running service: its runtime, one listener per port (Layer 7) and one health
@@ -88,6 +92,8 @@ struct Daemon {
     file_warnings: Vec<Warning>,
     /// What reading the configuration file had to say, as of the last (re)load.
     config_warnings: Vec<Warning>,
+    /// The firewall (`--firewall`); its calls run `nft`, off the event loop.
+    firewall: Option<Arc<std::sync::Mutex<Firewall>>>,
 }
 
 type Call = (Request, oneshot::Sender<Reply>);
@@ -122,6 +128,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     for w in &file_warnings {
         warn!("{w}");
     }
+    let firewall = opts
+        .firewall
+        .clone()
+        .map(|o| Arc::new(std::sync::Mutex::new(Firewall::new(o))));
     let mut daemon = Daemon {
         opts,
         config: Arc::new(Config::default()),
@@ -132,6 +142,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         changed: Arc::new(Notify::new()),
         file_warnings,
         config_warnings: Vec::new(),
+        firewall,
     };
     let summary = daemon.apply(config, config_warnings).await?;
     info!("{summary}");
@@ -146,7 +157,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     // repairs IPVS changes made behind lbcore's back
     let mut repair = tokio::time::interval(std::time::Duration::from_secs(30));
     loop {
+        // a lockdown waiting for its confirmation ends by itself
+        let lockdown_ends = daemon.lockdown_deadline();
         tokio::select! {
+            _ = async { tokio::time::sleep_until(lockdown_ends.unwrap_or_else(far_future)).await }, if lockdown_ends.is_some() => {
+                daemon.with_firewall(|f| f.expire()).await;
+            }
             _ = changed.notified() => daemon.sync_ipvs(),
             _ = repair.tick() => daemon.sync_ipvs(),
             Some((request, reply)) = rx.recv() => daemon.handle(request, reply).await,
@@ -205,8 +221,65 @@ impl Daemon {
             } => self
                 .set_state(&service, &server, state)
                 .map(Answer::StateSet),
+            Request::Firewall => {
+                let status = self.with_firewall(|f| f.status()).await.unwrap_or_default();
+                Ok(Answer::Firewall(status))
+            }
+            Request::SetLockdown {
+                networks,
+                requester,
+            } => self
+                .firewall_call(move |f| f.set_lockdown(&networks, requester.as_deref()))
+                .await
+                .map(Answer::LockdownApplied),
+            Request::ConfirmLockdown { token } => self
+                .firewall_call(move |f| f.confirm(&token))
+                .await
+                .map(Answer::Firewall),
+            Request::LockdownOff { origin } => self
+                .firewall_call(move |f| f.lockdown_off(&origin))
+                .await
+                .map(Answer::Firewall),
+            Request::SetCustomRules { text } => self
+                .firewall_call(move |f| f.set_custom(&text))
+                .await
+                .map(Answer::Firewall),
         };
         let _ = reply.send(result.map_err(Into::into).into());
+    }
+
+    /// Runs `f` on the firewall off the event loop (it runs `nft`); `None` without one.
+    async fn with_firewall<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Firewall) -> T + Send + 'static,
+    ) -> Option<T> {
+        let fw = self.firewall.clone()?;
+        tokio::task::spawn_blocking(move || {
+            let mut g = fw.lock().unwrap_or_else(|p| p.into_inner());
+            f(&mut g)
+        })
+        .await
+        .ok()
+    }
+
+    /// A firewall request: refused when this lbcore keeps no firewall.
+    async fn firewall_call<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Firewall) -> Result<T, lbcore_control::Refused> + Send + 'static,
+    ) -> Result<T, ChangeError> {
+        match self.with_firewall(f).await {
+            Some(r) => r.map_err(ChangeError::Refused),
+            None => Err(ChangeError::Refused(lbcore_control::Refused::new(
+                lbcore_control::RefusalKind::Unsupported,
+                "this lbcore keeps no firewall (it was started without --firewall)",
+            ))),
+        }
+    }
+
+    fn lockdown_deadline(&self) -> Option<tokio::time::Instant> {
+        let fw = self.firewall.as_ref()?;
+        let d = fw.lock().unwrap_or_else(|p| p.into_inner()).deadline()?;
+        Some(tokio::time::Instant::from_std(d))
     }
 
     /// Hands the IPVS thread the table as it should be now.
@@ -217,6 +290,10 @@ impl Daemon {
         });
         self.ipvs.sync(plan);
     }
+}
+
+fn far_future() -> tokio::time::Instant {
+    tokio::time::Instant::now() + std::time::Duration::from_secs(86400 * 365)
 }
 
 /// The default state file: beside the configuration.
@@ -233,6 +310,7 @@ impl Daemon {
             socket: dir.join("lbcore.sock"),
             state: dir.join(LBCORE_STATE_FILE),
             manage_addresses: false,
+            firewall: None,
         };
         let (admin, file_warnings) = OperatorStates::load(&opts.state);
         let (ipvs, _) = Manager::start(None).expect("the IPVS thread starts");
@@ -246,6 +324,7 @@ impl Daemon {
             changed: Arc::new(Notify::new()),
             file_warnings,
             config_warnings: Vec::new(),
+            firewall: None,
         }
     }
 }

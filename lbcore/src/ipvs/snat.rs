@@ -6,11 +6,10 @@
 //! The whole table is replaced in one `nft -f` transaction.
 
 use std::collections::BTreeSet;
-use std::io::Write;
 use std::net::IpAddr;
-use std::process::{Command, Stdio};
 
 use super::Wanted;
+use crate::nft::{self, NftError};
 
 pub const TABLE: &str = "lbcore_snat";
 
@@ -45,45 +44,9 @@ pub fn ruleset(services: &[Wanted]) -> String {
     s
 }
 
-/// `nft` as the image installs it (image/programs.txt); not whatever is first on PATH.
-pub const NFT: &str = "/usr/sbin/nft";
-
-/// Why the SNAT rules could not be applied.
-#[derive(Debug, thiserror::Error)]
-pub enum SnatError {
-    #[error("cannot run {NFT} for the SNAT rules: {0}")]
-    Spawn(#[source] std::io::Error),
-    #[error("cannot pass the SNAT rules to nft: {0}")]
-    Pipe(#[source] std::io::Error),
-    #[error("nft did not finish: {0}")]
-    Wait(#[source] std::io::Error),
-    #[error("nft refused the SNAT rules ({status}): {stderr}")]
-    Refused { status: String, stderr: String },
-}
-
-/// Applies `script` with `nft -f -`.
-pub fn apply(script: &str) -> Result<(), SnatError> {
-    let mut child = Command::new(NFT)
-        .args(["-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(SnatError::Spawn)?;
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(SnatError::Pipe)?;
-    }
-    let out = child.wait_with_output().map_err(SnatError::Wait)?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(SnatError::Refused {
-            status: out.status.to_string(),
-            stderr: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+/// Applies `script` in one `nft` transaction.
+pub fn apply(script: &str) -> Result<(), NftError> {
+    nft::apply(script)
 }
 
 #[cfg(test)]
@@ -138,8 +101,9 @@ mod tests {
     #[test]
     fn nft_accepts_the_script() {
         assert!(
-            Command::new(NFT).arg("--version").output().is_ok(),
-            "{NFT} is missing: install nftables (tests/packages.txt lists it)"
+            nft::available(),
+            "{} is missing: install nftables (tests/packages.txt lists it)",
+            nft::NFT
         );
         let w = Wanted {
             key: ServiceKey {
@@ -167,25 +131,12 @@ mod tests {
             .into(),
         };
         let script = ruleset(&[w]);
-        let mut child = Command::new(NFT)
-            .args(["-c", "-f", "-"])
-            .stdin(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(script.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
         // as root (tests/run) nft can check a script; otherwise say why it could not
-        assert!(
-            !err.contains("Operation not permitted"),
-            "nft -c needs root, as tests/run runs the tests: {err}"
-        );
-        assert!(out.status.success(), "nft -c refused:\n{script}\n{err}");
+        match nft::check(&script) {
+            Ok(()) => {}
+            Err(e) => panic!(
+                "nft -c refused (it needs root, as tests/run runs the tests):\n{script}\n{e}"
+            ),
+        }
     }
 }

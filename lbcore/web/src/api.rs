@@ -21,6 +21,11 @@
 //! | `GET /api/update/settings` | – | where the appliance looks for updates online (a proxy password masked) |
 //! | `PUT /api/update/settings` | `{"url", "check", "interval_hours", "ca_file", "proxy"}` | taken, or refused naming the field |
 //! | `POST /api/system/reboot` | – | the appliance restarts (an installed update then boots) |
+//! | `GET /api/firewall` | – | lockdown, custom rules, active ruleset, drop counters, last apply; the caller's address and the network proposed for lockdown |
+//! | `PUT /api/firewall/lockdown` | `{"networks"}` | applied for 60 s (`{"token", ...}`), or refused when it would shut the caller out |
+//! | `DELETE /api/firewall/lockdown` | – | management from anywhere again |
+//! | `POST /api/firewall/lockdown/confirm` | `{"token"}`, over a new connection | the lockdown is kept and saved |
+//! | `PUT /api/firewall/custom` | `{"text"}` | the custom rules, once nft took them; else refused with nft's message |
 //!
 //! Everything but login and the description needs the session cookie; every request
 //! that changes something also needs the header `X-CSRF-Token` with the session's
@@ -87,10 +92,14 @@ pub enum Route {
     UpdateDownload,
     UpdateSettings,
     Reboot,
+    Firewall,
+    FirewallLockdown,
+    FirewallConfirm,
+    FirewallCustom,
 }
 
 impl Route {
-    pub const ALL: [Route; 16] = [
+    pub const ALL: [Route; 20] = [
         Route::Login,
         Route::Logout,
         Route::Session,
@@ -107,6 +116,10 @@ impl Route {
         Route::UpdateDownload,
         Route::UpdateSettings,
         Route::Reboot,
+        Route::Firewall,
+        Route::FirewallLockdown,
+        Route::FirewallConfirm,
+        Route::FirewallCustom,
     ];
 
     pub fn path(self) -> &'static str {
@@ -127,6 +140,10 @@ impl Route {
             Route::UpdateDownload => "/api/update/download",
             Route::UpdateSettings => "/api/update/settings",
             Route::Reboot => "/api/system/reboot",
+            Route::Firewall => "/api/firewall",
+            Route::FirewallLockdown => "/api/firewall/lockdown",
+            Route::FirewallConfirm => "/api/firewall/lockdown/confirm",
+            Route::FirewallCustom => "/api/firewall/custom",
         }
     }
 
@@ -134,7 +151,8 @@ impl Route {
     pub fn methods(self) -> &'static str {
         match self {
             Route::Config | Route::UpdateSettings => "GET, PUT",
-            Route::UpdateArchive | Route::UpdateChecksum => "PUT",
+            Route::UpdateArchive | Route::UpdateChecksum | Route::FirewallCustom => "PUT",
+            Route::FirewallLockdown => "PUT, DELETE",
             Route::Login
             | Route::Logout
             | Route::ServerState
@@ -142,8 +160,11 @@ impl Route {
             | Route::UpdateDiscard
             | Route::UpdateCheck
             | Route::UpdateDownload
-            | Route::Reboot => "POST",
-            Route::Session | Route::Status | Route::OpenApi | Route::Update => "GET",
+            | Route::Reboot
+            | Route::FirewallConfirm => "POST",
+            Route::Session | Route::Status | Route::OpenApi | Route::Update | Route::Firewall => {
+                "GET"
+            }
         }
     }
 
@@ -262,6 +283,58 @@ struct StateBody {
     state: AdminState,
 }
 
+/// What `GET /api/firewall` answers: the firewall, and what the lockdown wizard
+/// proposes to the caller.
+#[derive(Serialize)]
+struct FirewallBody {
+    firewall: lbcore_control::FirewallStatus,
+    /// The address this request came from, as the appliance sees it.
+    your_address: String,
+    /// The caller's network (/24 of IPv4, /64 of IPv6): the wizard's first proposal.
+    proposal: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LockdownBody {
+    networks: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfirmBody {
+    token: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CustomBody {
+    text: String,
+}
+
+/// An IPv4 client of a dual-stack socket is its IPv4 address.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+/// The network proposed for a lockdown from `ip`.
+fn proposal(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(a) => {
+            let o = a.octets();
+            format!("{}.{}.{}.0/24", o[0], o[1], o[2])
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let net = std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0);
+            format!("{net}/64")
+        }
+    }
+}
+
 /// The archive's checksum file, as text.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -305,6 +378,9 @@ pub struct Api {
     /// Held from the version check of a PUT to its end, so that two edits cannot both
     /// pass the check.
     editing: tokio::sync::Mutex<()>,
+    /// The lockdown waiting for confirmation: its token and the connection that asked
+    /// for it (the confirmation must come over another one).
+    lockdown: std::sync::Mutex<Option<(String, u64)>>,
 }
 
 impl Api {
@@ -314,6 +390,7 @@ impl Api {
             control: Client::new(control),
             updates,
             editing: tokio::sync::Mutex::new(()),
+            lockdown: std::sync::Mutex::new(None),
         }
     }
 
@@ -588,6 +665,79 @@ impl Api {
                     },
                 ))
             }
+            Route::Firewall => {
+                self.session(&req, Use::Poll)?;
+                let f = self
+                    .ask(|c| c.firewall(&lbcore_control::Request::Firewall))
+                    .await?;
+                let you = canonical(peer);
+                Ok(json(
+                    StatusCode::OK,
+                    &FirewallBody {
+                        proposal: proposal(you),
+                        your_address: you.to_string(),
+                        firewall: f,
+                    },
+                ))
+            }
+            Route::FirewallLockdown if req.method() == Method::DELETE => {
+                let (_, s) = self.change(&req)?;
+                let origin = format!("the web UI ({} at {})", s.user, canonical(peer));
+                let f = self
+                    .ask(move |c| c.firewall(&lbcore_control::Request::LockdownOff { origin }))
+                    .await?;
+                Ok(json(StatusCode::OK, &f))
+            }
+            Route::FirewallLockdown => {
+                let (_, s) = self.change(&req)?;
+                let body: LockdownBody = read_json(req, MAX_SMALL_BODY).await?;
+                let you = canonical(peer).to_string();
+                let applied = self
+                    .ask(move |c| c.set_lockdown(body.networks, Some(you)))
+                    .await?;
+                info!(user = %s.user, %peer, "{}", applied.message);
+                *self.lockdown.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some((applied.token.clone(), lifetime.id()));
+                let mut r = json(StatusCode::OK, &applied);
+                // the confirmation must prove that a new connection gets through
+                r.headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                Ok(r)
+            }
+            Route::FirewallConfirm => {
+                let (_, s) = self.change(&req)?;
+                let body: ConfirmBody = read_json(req, MAX_SMALL_BODY).await?;
+                let asked_on = self
+                    .lockdown
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .as_ref()
+                    .filter(|(t, _)| *t == body.token)
+                    .map(|(_, conn)| *conn);
+                if asked_on == Some(lifetime.id()) {
+                    return Err(Failure::new(
+                        StatusCode::CONFLICT,
+                        "confirm over a new connection: this is the one that asked for the lockdown, and it would pass whatever the new rules say",
+                    ));
+                }
+                let token = body.token;
+                let f = self
+                    .ask(move |c| c.firewall(&lbcore_control::Request::ConfirmLockdown { token }))
+                    .await?;
+                *self.lockdown.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                info!(user = %s.user, %peer, "lockdown confirmed: management from {}", f.lockdown.join(", "));
+                Ok(json(StatusCode::OK, &f))
+            }
+            Route::FirewallCustom => {
+                let (_, s) = self.change(&req)?;
+                let body: CustomBody = read_json(req, MAX_CONFIG_BODY).await?;
+                let text = body.text;
+                let f = self
+                    .ask(move |c| c.firewall(&lbcore_control::Request::SetCustomRules { text }))
+                    .await?;
+                info!(user = %s.user, %peer, "custom firewall rules applied");
+                Ok(json(StatusCode::OK, &f))
+            }
             // not secret, and needed before logging in: no session
             Route::OpenApi => {
                 let mut r = Response::new(Full::new(Bytes::from_static(OPENAPI.as_bytes())));
@@ -745,6 +895,15 @@ impl Body for StateBody {
 }
 impl Body for ChecksumBody {
     const SHAPE: &'static str = r#"a checksum file is {"text": "<the .sha256 file>"}"#;
+}
+impl Body for LockdownBody {
+    const SHAPE: &'static str = r#"a lockdown is {"networks": ["192.0.2.0/24", ...]}"#;
+}
+impl Body for ConfirmBody {
+    const SHAPE: &'static str = r#"a confirmation is {"token": "<from the lockdown's answer>"}"#;
+}
+impl Body for CustomBody {
+    const SHAPE: &'static str = r#"custom rules are {"text": "<nftables rules, one a line>"}"#;
 }
 impl Body for InstallBody {
     const SHAPE: &'static str = r#"an install is {} or {"allow_downgrade": true}"#;
