@@ -24,18 +24,21 @@ STALL = 1.5
 
 class Lbcore:
     """lbcore running in the lab's `lb` host, with its configuration in a temp dir.
-    Only --config and --socket are passed (plus `extra_args`), so every other file of
+    Only --config and --socket are passed (plus `extra_args`, and --firewall when asked), so every other file of
     lbcore's (lbcore-state.json, ...) is where lbcore puts it by default: beside the
     configuration, in `dir`."""
 
-    def __init__(self, lab, config_text, extra_args=(), files=None):
+    def __init__(self, lab, config_text, extra_args=(), files=None, firewall=False):
         self.lab = lab
         self.host = lab.hosts["lb"]
         self.dir = Path(tempfile.mkdtemp(prefix="lbcore-test-"))
         self.config = self.dir / "lbcore.toml"
         self.socket = self.dir / "lbcore.sock"
         self.log_path = self.dir / "lbcore.log"
-        self.extra_args = tuple(extra_args)
+        # `firewall`: lbcore keeps the firewall of the `lb` namespace (nftables are per
+        # namespace), with its settings in `firewall_file`
+        self.firewall_file = self.dir / "firewall.toml"
+        self.extra_args = tuple(extra_args) + (("--firewall", str(self.firewall_file)) if firewall else ())
         if config_text is not None:
             self.config.write_text(config_text)
         # other files of lbcore's beside the configuration (lbcore-state.json, ...), as

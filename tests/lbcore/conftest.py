@@ -40,8 +40,8 @@ def stop_test_processes(lab):
 def lbcore(lab):
     started = []
 
-    def start(config_text, extra_args=(), files=None):
-        lb = Lbcore(lab, config_text, extra_args, files)
+    def start(config_text, extra_args=(), files=None, firewall=False):
+        lb = Lbcore(lab, config_text, extra_args, files, firewall)
         started.append(lb)
         return lb
 

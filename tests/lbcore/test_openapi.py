@@ -344,6 +344,11 @@ def valid_requests():
         ("/api/update/download", "post"): ("/api/update/download", None),
         ("/api/update/settings", "get"): ("/api/update/settings", None),
         ("/api/update/settings", "put"): ("/api/update/settings", {"check": False, "interval_hours": 24}),
+        ("/api/firewall", "get"): ("/api/firewall", None),
+        ("/api/firewall/lockdown", "put"): ("/api/firewall/lockdown", {"networks": ["10.77.0.0/24"]}),
+        ("/api/firewall/lockdown", "delete"): ("/api/firewall/lockdown", None),
+        ("/api/firewall/lockdown/confirm", "post"): ("/api/firewall/lockdown/confirm", {"token": "0" * 32}),
+        ("/api/firewall/custom", "put"): ("/api/firewall/custom", {"text": "tcp dport 7777 accept\n"}),
     }
 
 
@@ -356,6 +361,10 @@ UPDATE_OPERATIONS = {("/api/update", "get"), ("/api/update/archive", "put"), ("/
 # answers 2xx
 ONLINE_OPERATIONS = {("/api/update/check", "post"), ("/api/update/download", "post"),
                      ("/api/update/settings", "get"), ("/api/update/settings", "put")}
+# and those of the firewall, which test_the_firewall_routes_answer_as_described answers 2xx
+# (with an lbcore that keeps the firewall of the lab's `lb` namespace)
+FIREWALL_OPERATIONS = {("/api/firewall/lockdown", "put"), ("/api/firewall/lockdown", "delete"),
+                       ("/api/firewall/lockdown/confirm", "post"), ("/api/firewall/custom", "put")}
 
 
 def operations(doc):
@@ -426,10 +435,12 @@ def test_every_route_answers_as_described_with_and_without_layer_4(lab, lbcore, 
     for state in ("drain", "halt", "online"):
         status, _, body = c.request("POST", "/api/services/APP/servers/RS1/state", {"state": state})
         assert status == 200 and state in body["message"], body
+    # this lbcore keeps no firewall: it says so
+    assert c.request("GET", "/api/firewall")[2]["firewall"]["enabled"] is False
     status, _, _ = c.request("POST", "/api/logout", {})
     assert status == 200
     done = {(t, m.lower()) for t, m, s in c.produced if 200 <= s < 300}
-    wanted = set(valid_requests()) - UPDATE_OPERATIONS - ONLINE_OPERATIONS
+    wanted = set(valid_requests()) - UPDATE_OPERATIONS - ONLINE_OPERATIONS - FIREWALL_OPERATIONS
     assert wanted <= done, f"operations not answered 2xx: {wanted - done}"
 
 
@@ -545,7 +556,7 @@ def test_lbcore_away_or_not_understood_answers_as_described(lab, lbcore, lbweb, 
     w = lbweb(lb.socket)
     c = checked(w)
     c.login()
-    asking = [("GET", "/api/status", None), ("GET", "/api/config", None),
+    asking = [("GET", "/api/status", None), ("GET", "/api/config", None), ("GET", "/api/firewall", None),
               ("PUT", "/api/config", {"text": config()}),
               ("POST", "/api/services/APP/servers/RS1/state", {"state": "drain"})]
     lb.stop()
@@ -886,6 +897,56 @@ def test_the_online_update_routes_answer_as_described(lbweb, update_agents, upda
 
     done = {(t, m.lower()) for t, m, s in PRODUCED if 200 <= s < 300}
     assert ONLINE_OPERATIONS <= done, f"online update operations not answered 2xx: {ONLINE_OPERATIONS - done}"
+
+
+def test_the_firewall_routes_answer_as_described(lab, lbcore, lbweb, servers):
+    lb = lbcore(config(), firewall=True)
+    fw_file = lb.firewall_file
+    w = lbweb(lb.socket)
+    c = checked(w)
+    c.login()
+    client = lab.hosts["client"].address
+    status, _, body = c.request("GET", "/api/firewall")
+    assert status == 200 and body["firewall"]["enabled"] and body["firewall"]["lockdown"] == [], body
+    assert body["your_address"] == client and body["proposal"] == "10.77.0.0/24", body
+    assert "table inet medlb" in body["firewall"]["ruleset"]
+
+    # refused: shutting the caller out, not a network, an empty list, a wrong body
+    for networks, words in [(["192.0.2.0/24"], client), (["10.77.0/24"], "not a network"), ([], "at least one")]:
+        status, _, body = c.request("PUT", "/api/firewall/lockdown", {"networks": networks})
+        assert status == 422 and words in body["error"], body
+    for path, method, wrong in [("/api/firewall/lockdown", "PUT", {"nets": ["10.77.0.0/24"]}),
+                                ("/api/firewall/lockdown/confirm", "POST", {"tok": "x"}),
+                                ("/api/firewall/custom", "PUT", {"rules": ""})]:
+        assert c.request(method, path, wrong)[0] == 400, (path, wrong)
+
+    # applied, confirmed (a new connection: the answer closed its own), saved
+    status, r, applied = c.request("PUT", "/api/firewall/lockdown", {"networks": [f"{client}/32"]})
+    assert status == 200 and applied["seconds"] == 60 and r.getheader("Connection") == "close", applied
+    status, _, body = c.request("POST", "/api/firewall/lockdown/confirm", {"token": "f" * 32})
+    assert status == 404, body
+    status, _, body = c.request("POST", "/api/firewall/lockdown/confirm", {"token": applied["token"]})
+    assert status == 200 and body["lockdown"] == [f"{client}/32"] and "pending" not in body, body
+    assert f'"{client}/32"' in fw_file.read_text()
+
+    status, _, body = c.request("PUT", "/api/firewall/custom", {"text": "tcp dport 1x2 accept\n"})
+    assert status == 422 and "custom rules, line 1" in body["error"], body
+    status, _, body = c.request("PUT", "/api/firewall/custom", {"text": "tcp dport 7777 accept\n"})
+    assert status == 200 and body["custom"] == "tcp dport 7777 accept\n" and "custom_error" not in body, body
+    status, _, body = c.request("DELETE", "/api/firewall/lockdown")
+    assert status == 200 and body["lockdown"] == [], body
+
+    # an lbcore that keeps no firewall
+    w.stop()
+    plain = lbcore(config())
+    w = lbweb(plain.socket)
+    c = checked(w)
+    c.login()
+    requests = valid_requests()
+    for path, method in sorted(FIREWALL_OPERATIONS):
+        concrete, body = requests[(path, method)]
+        status, _, answer = c.request(method.upper(), concrete, body)
+        assert status == 502 and "--firewall" in answer["error"], (path, method, answer)
 
 
 def test_every_documented_answer_was_produced(request):

@@ -88,6 +88,20 @@ pub enum Request {
 }
 
 impl Request {
+    /// Every command of this version, as on the wire ([`Request::name`] of each).
+    pub const COMMANDS: [&'static str; 10] = [
+        "status",
+        "set-state",
+        "reload",
+        "apply",
+        "show-config",
+        "firewall",
+        "set-lockdown",
+        "confirm-lockdown",
+        "lockdown-off",
+        "set-custom-rules",
+    ];
+
     /// The command's name on the wire, for messages.
     pub fn name(&self) -> &'static str {
         match self {
@@ -251,6 +265,40 @@ mod tests {
             serde_json::to_string(&done).unwrap(),
             r#"{"outcome":"done","answer":"config","text":"x"}"#
         );
+    }
+
+    #[test]
+    fn every_request_is_in_the_list_of_commands() {
+        let every = [
+            Request::Status,
+            Request::SetState {
+                service: "S".into(),
+                server: "R".into(),
+                state: AdminState::Drain,
+            },
+            Request::Reload,
+            Request::Apply {
+                config: String::new(),
+                origin: None,
+            },
+            Request::ShowConfig,
+            Request::Firewall,
+            Request::SetLockdown {
+                networks: vec![],
+                requester: None,
+            },
+            Request::ConfirmLockdown { token: "t".into() },
+            Request::LockdownOff { origin: "o".into() },
+            Request::SetCustomRules {
+                text: String::new(),
+            },
+        ];
+        let names: Vec<&str> = every.iter().map(Request::name).collect();
+        assert_eq!(names, Request::COMMANDS);
+        for r in &every {
+            let wire: serde_json::Value = serde_json::to_value(r).unwrap();
+            assert_eq!(wire["command"], r.name());
+        }
     }
 
     #[test]

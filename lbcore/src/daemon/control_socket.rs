@@ -135,7 +135,7 @@ fn classify(line: &str, n: usize) -> Line {
             "not a request: the JSON object has no \"command\"".into(),
         );
     };
-    const KNOWN: [&str; 5] = ["status", "set-state", "reload", "apply", "show-config"];
+    const KNOWN: [&str; 10] = Request::COMMANDS;
     if !KNOWN.contains(&command.as_str()) {
         return refuse(
             RefusalKind::Unsupported,

@@ -24,7 +24,7 @@
 //! | `GET /api/firewall` | – | lockdown, custom rules, active ruleset, drop counters, last apply; the caller's address and the network proposed for lockdown |
 //! | `PUT /api/firewall/lockdown` | `{"networks"}` | applied for 60 s (`{"token", ...}`), or refused when it would shut the caller out |
 //! | `DELETE /api/firewall/lockdown` | – | management from anywhere again |
-//! | `POST /api/firewall/lockdown/confirm` | `{"token"}`, over a new connection | the lockdown is kept and saved |
+//! | `POST /api/firewall/lockdown/confirm` | `{"token"}` (a new connection: the lockdown's answer closed its own) | the lockdown is kept and saved |
 //! | `PUT /api/firewall/custom` | `{"text"}` | the custom rules, once nft took them; else refused with nft's message |
 //!
 //! Everything but login and the description needs the session cookie; every request
@@ -378,9 +378,6 @@ pub struct Api {
     /// Held from the version check of a PUT to its end, so that two edits cannot both
     /// pass the check.
     editing: tokio::sync::Mutex<()>,
-    /// The lockdown waiting for confirmation: its token and the connection that asked
-    /// for it (the confirmation must come over another one).
-    lockdown: std::sync::Mutex<Option<(String, u64)>>,
 }
 
 impl Api {
@@ -390,7 +387,6 @@ impl Api {
             control: Client::new(control),
             updates,
             editing: tokio::sync::Mutex::new(()),
-            lockdown: std::sync::Mutex::new(None),
         }
     }
 
@@ -696,10 +692,10 @@ impl Api {
                     .ask(move |c| c.set_lockdown(body.networks, Some(you)))
                     .await?;
                 info!(user = %s.user, %peer, "{}", applied.message);
-                *self.lockdown.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some((applied.token.clone(), lifetime.id()));
                 let mut r = json(StatusCode::OK, &applied);
-                // the confirmation must prove that a new connection gets through
+                // the confirmation must prove that a new connection gets through: hyper
+                // closes this one after the answer, so the confirmation cannot ride on
+                // a connection the old rules let in
                 r.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
                 Ok(r)
@@ -707,24 +703,10 @@ impl Api {
             Route::FirewallConfirm => {
                 let (_, s) = self.change(&req)?;
                 let body: ConfirmBody = read_json(req, MAX_SMALL_BODY).await?;
-                let asked_on = self
-                    .lockdown
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .as_ref()
-                    .filter(|(t, _)| *t == body.token)
-                    .map(|(_, conn)| *conn);
-                if asked_on == Some(lifetime.id()) {
-                    return Err(Failure::new(
-                        StatusCode::CONFLICT,
-                        "confirm over a new connection: this is the one that asked for the lockdown, and it would pass whatever the new rules say",
-                    ));
-                }
                 let token = body.token;
                 let f = self
                     .ask(move |c| c.firewall(&lbcore_control::Request::ConfirmLockdown { token }))
                     .await?;
-                *self.lockdown.lock().unwrap_or_else(|p| p.into_inner()) = None;
                 info!(user = %s.user, %peer, "lockdown confirmed: management from {}", f.lockdown.join(", "));
                 Ok(json(StatusCode::OK, &f))
             }

@@ -167,21 +167,13 @@ async fn serve(
 /// it (an update archive uploading over a slow link).
 pub struct Lifetime {
     deadline: std::sync::Mutex<tokio::time::Instant>,
-    id: u64,
 }
 
 impl Lifetime {
     fn new(from_now: Duration) -> Lifetime {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         Lifetime {
             deadline: std::sync::Mutex::new(tokio::time::Instant::now() + from_now),
-            id: NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
-    }
-
-    /// The connection's number (each connection its own), to tell one from another.
-    pub fn id(&self) -> u64 {
-        self.id
     }
 
     fn deadline(&self) -> tokio::time::Instant {
