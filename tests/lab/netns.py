@@ -124,3 +124,20 @@ def connect_from(host, address, port, timeout=5.0):
     finally:
         os.close(own)
         os.close(target)
+
+
+def socket_in(host, family=None, kind=None):
+    """A socket made inside `host`'s network namespace (a socket stays in the namespace
+    it was made in): for UDP probes and anything connect_from does not cover."""
+    import socket
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    target = os.open(f"/run/netns/{host.ns}", os.O_RDONLY)
+    try:
+        _setns(target)
+        try:
+            return socket.socket(family or socket.AF_INET, kind or socket.SOCK_DGRAM)
+        finally:
+            _setns(own)
+    finally:
+        os.close(own)
+        os.close(target)
