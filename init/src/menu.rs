@@ -16,8 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedSender;
 
-pub const PROMPT_CHOICE: &str = "Choice (1-5): ";
-pub const MENU: &str = "  1) show service status\n  2) re-run network setup\n  3) reset admin password\n  4) reboot\n  5) shut down";
+pub const PROMPT_CHOICE: &str = "Choice (1-6): ";
+pub const MENU: &str = "  1) show service status\n  2) re-run network setup\n  3) reset admin password\n  4) reboot\n  5) shut down\n  6) firewall: turn lockdown off (web UI from every network)";
 pub const OTHER_CONSOLE: &str = "Setup was completed on another console.";
 
 /// What a console asks the main loop to do.
@@ -323,6 +323,29 @@ pub fn service_status(shared: &Shared) -> String {
     s
 }
 
+/// The recovery path when the administrators' network changed and the web UI no longer
+/// answers them: lbcore is asked (through lbctl, on its socket) to allow management from
+/// every network; lbcore logs who asked, and so does init.
+fn lockdown_off(shared: &Shared) -> String {
+    let lbctl = shared.root.join("usr/bin/lbctl");
+    let mut cmd = std::process::Command::new(&lbctl);
+    cmd.arg("--socket")
+        .arg(shared.layout.lbcore_socket())
+        .args(["firewall", "off", "--origin", "the console"]);
+    match crate::reaper::run_blocking(&mut cmd, Duration::from_secs(10)) {
+        Ok(out) if out.exit.success() => {
+            crate::info!("console: firewall lockdown turned off (management from every network)");
+            "Lockdown is off: the web UI answers every network. Lock it down again from the web UI (Maintenance, Firewall).".into()
+        }
+        Ok(out) => format!(
+            "error: the lockdown could not be turned off ({}): {}",
+            out.exit,
+            out.stderr.trim()
+        ),
+        Err(e) => format!("error: cannot run {}: {e}", lbctl.display()),
+    }
+}
+
 /// How often a waiting menu looks whether its status screen is still true.
 const REDRAW_CHECK: Duration = Duration::from_secs(1);
 
@@ -377,7 +400,17 @@ fn menu(con: &mut Console, shared: &Shared) -> Result<(), ReadError> {
                     let _ = shared.events.send(UiEvent::PowerOff);
                 }
             }
-            _ => con.say("error: choose 1 to 5"),
+            "6" => {
+                if wizard::ask_confirm(
+                    con,
+                    "Turn the firewall's lockdown off, so that the web UI answers every network? (yes/no): ",
+                )? {
+                    con.say(&lockdown_off(shared));
+                } else {
+                    con.say("Nothing was changed.");
+                }
+            }
+            _ => con.say("error: choose 1 to 6"),
         }
     }
 }

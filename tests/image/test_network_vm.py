@@ -54,7 +54,7 @@ addresses = ["{VLAN_ADDR}"]
 def status_addresses(con):
     """Redraws the status screen; returns its {interface: [addresses]} and its text."""
     con.send("")
-    m = con.expect(r"(?s)=== Medical load balancer [^\n]* ===\n(.*?)Choice \(1-5\)", 30)
+    m = con.expect(r"(?s)=== Medical load balancer [^\n]* ===\n(.*?)Choice \(1-6\)", 30)
     text = m.group(1)
     addrs = {}
     for ifc, a in re.findall(r"^\s+address:\s+(\S+) (\S+)$", text, re.M):

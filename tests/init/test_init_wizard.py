@@ -15,6 +15,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import subprocess
 import termios
 import time
@@ -24,6 +25,7 @@ import pexpect
 import pexpect.fdpexpect
 import pytest
 
+from lab.binaries import BIN_DIR
 from lab.pid1 import INIT, Pid1
 from lab.programs import program
 from lab.wait import wait_for
@@ -251,13 +253,13 @@ line = "ready now"
         con.expect(r"services ready in \d+ ms \(uptime [\d.]+ s\)")
         con.sendline("")  # redraw the status screen
         con.expect(r"services: 1 of 1 ready\r?\n")
-        con.expect_exact("Choice (1-5): ")
+        con.expect_exact("Choice (1-6): ")
         con.sendline("1")
         con.expect(r"svc\s+ready\s+pid \d+")
-        con.expect_exact("Choice (1-5): ")
+        con.expect_exact("Choice (1-6): ")
         con.sendline("9")
-        con.expect_exact("error: choose 1 to 5")
-        con.expect_exact("Choice (1-5): ")
+        con.expect_exact("error: choose 1 to 6")
+        con.expect_exact("Choice (1-6): ")
         con.sendline("5")
         answer(con, "Shut down now? (yes/no): ", "yes")
         con.expect_exact("System is going down: power off.")
@@ -314,8 +316,8 @@ def test_two_consoles_first_to_finish_wins(tmp_path):
         answer(serial, "Apply these settings? (yes/no): ", "yes")
         serial.expect_exact("Settings saved.")
         vga.expect_exact("Setup was completed on another console.")
-        vga.expect_exact("Choice (1-5): ")
-        serial.expect_exact("Choice (1-5): ")
+        vga.expect_exact("Choice (1-6): ")
+        serial.expect_exact("Choice (1-6): ")
         net = tomllib.loads((p.data / "config/network.toml").read_text())
         assert net["hostname"] == "serial-wins"
         assert p.terminate() == 0
@@ -370,7 +372,7 @@ def set_up_data(data, network_toml):
 
 
 def choose(con, choice):
-    con.expect_exact("Choice (1-5): ")
+    con.expect_exact("Choice (1-6): ")
     con.sendline(choice)
 
 
@@ -382,7 +384,7 @@ def test_menu_reset_admin_password_writes_an_argon2id_hash_of_the_new_one(tmp_pa
         p = Pid1(tmp_path, "", console=path)
         con = console(master)
         choose(con, "menu-echo-probe")       # not a choice: refused, and only the echo shows it
-        con.expect_exact("error: choose 1 to 5")
+        con.expect_exact("error: choose 1 to 6")
         # Each reset draws a new random salt; one with a NUL byte cannot be given to the
         # argon2 tool, so then the password is reset once more (1 in 16 resets or so).
         for attempt in range(6):
@@ -518,3 +520,64 @@ def test_menu_rerun_network_setup_rewrites_network_toml_and_applies_it(tmp_path)
 
 def test_menu_new_address_in_the_same_subnet_is_applied_and_service_addresses_kept(tmp_path):
     rerun_network_setup(tmp_path, "10.194.0.3/24", "10.194.0.1", service_address="10.194.0.70/24")
+
+
+def test_menu_lockdown_off_lets_the_web_ui_answer_every_network(tmp_path):
+    """The console's recovery path: an appliance locked down to a network its
+    administrators are no longer on. Init runs the real lbcore (keeping the firewall of
+    init's own network namespace) and the menu asks it, through lbctl, to turn the
+    lockdown off."""
+    master, slave, path = open_console()
+    p = None
+    try:
+        data = tmp_path / "data"
+        set_up_data(data, 'hostname = "lb1"\n\n[[interface]]\nname = "eth0"\ndhcp = true\n')
+        firewall_toml = data / "config" / "firewall.toml"
+        firewall_toml.write_text('format = 1\nlockdown = ["192.0.2.0/24"]\n')
+        (data / "config" / "lbcore.toml").write_text("")
+        bin_dir = tmp_path / "root" / "usr" / "bin"
+        bin_dir.mkdir(parents=True)
+        shutil.copy(BIN_DIR / "lbctl", bin_dir / "lbctl")
+        services = f'''
+[[service]]
+name = "lbcore"
+command = "{BIN_DIR / 'lbcore'}"
+args = ["--config", "{{data}}/config/lbcore.toml", "--socket", "{{run}}/lbcore.sock",
+        "--firewall", "{{data}}/config/firewall.toml", "--no-manage-addresses"]
+[service.ready]
+socket = "{{run}}/lbcore.sock"
+'''
+        p = Pid1(tmp_path, services, console=path)
+        con = console(master)
+        p.wait_log(r"lbcore.*ready|services ready", timeout=20)
+
+        def firewall():
+            r = subprocess.run([str(BIN_DIR / "lbctl"), "--socket", str(p.run / "lbcore.sock"),
+                                "firewall", "--json"], capture_output=True, text=True, timeout=15)
+            assert r.returncode == 0, r.stderr
+            return json.loads(r.stdout)
+
+        assert firewall()["lockdown"] == ["192.0.2.0/24"]
+        assert "192.0.2.0/24" in firewall()["ruleset"]
+        choose(con, "6")
+        answer(con, "Turn the firewall's lockdown off, so that the web UI answers every network? (yes/no): ", "no")
+        con.expect_exact("Nothing was changed.")
+        assert firewall()["lockdown"] == ["192.0.2.0/24"]
+        choose(con, "6")
+        answer(con, "Turn the firewall's lockdown off, so that the web UI answers every network? (yes/no): ", "yes")
+        con.expect_exact("Lockdown is off: the web UI answers every network.")
+        state = firewall()
+        assert state["lockdown"] == [] and "192.0.2.0/24" not in state["ruleset"], state
+        assert "tcp dport 9443 accept" in state["ruleset"]
+        assert "lockdown" not in firewall_toml.read_text()
+        p.wait_log(r"lockdown turned off from the console")
+        p.wait_log(r"console: firewall lockdown turned off")
+        assert p.terminate() == 0
+    finally:
+        if p:
+            p.cleanup()
+        os.close(slave)
+        try:
+            os.close(master)
+        except OSError:
+            pass

@@ -217,7 +217,7 @@ def choose(con, choice):
     """Picks a menu entry: an empty line redraws the status screen and its menu first
     (the prompt may have been printed long before)."""
     con.send("")
-    con.answer(r"Choice \(1-5\)", choice)
+    con.answer(r"Choice \(1-6\)", choice)
 
 
 # Disks.

@@ -62,8 +62,12 @@ enum FirewallCommand {
     },
     /// Keep the lockdown that `lockdown` applied.
     Confirm { token: String },
-    /// Management from anywhere again (logged).
-    Off,
+    /// Management from anywhere again (logged, with ORIGIN).
+    Off {
+        /// Who asks, for lbcore's log.
+        #[arg(long, default_value = "lbctl")]
+        origin: String,
+    },
     /// Make FILE the custom rules (`-`: standard input); checked by nft first.
     Custom { file: PathBuf },
 }
@@ -98,9 +102,7 @@ fn main() -> ExitCode {
                     requester: None,
                 },
                 Some(FirewallCommand::Confirm { token }) => Request::ConfirmLockdown { token },
-                Some(FirewallCommand::Off) => Request::LockdownOff {
-                    origin: "lbctl".into(),
-                },
+                Some(FirewallCommand::Off { origin }) => Request::LockdownOff { origin },
                 Some(FirewallCommand::Custom { file }) => {
                     let text = if file.as_os_str() == "-" {
                         std::io::read_to_string(std::io::stdin())
