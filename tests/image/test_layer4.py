@@ -32,6 +32,8 @@ lbcore) and makes an IPVS service that is not lbcore's.
 - ECHO (VIP .73, TCP 7000, nat, fallback rs2:7001): a long-lived connection keeps
   going while lbcore is stopped, started and restarted (the table is kept); Drain,
   Halt and the fallback server in the kernel.
+- The appliance's firewall on throughout; at the end a lockdown to the client's network,
+  scanned from a real server's namespace: nothing of the appliance's address answers it.
 - lbcore's sysctls; a service made by someone else survives lbcore's syncs, stop,
   start and restart; a service removed from the configuration while lbcore was
   stopped is deleted when it starts (lbcore-ipvs.json); the sh and mh schedulers and
@@ -49,8 +51,9 @@ from lab import dicom_files
 from lab.netns import Host, Lab, connect_from
 from lab.peers import tcp_peer
 from lab.programs import program
-from lab.vm import (GUEST, PASSWORD, Probe, disk_copy, kernel_hz, note, ping, preload_data, probe_boot_args, run,
-                    services_ready, wizard_static)
+from lab.scan import scan, tcp_state
+from lab.vm import (GUEST, PASSWORD, PROBE_PORT, Probe, disk_copy, kernel_hz, note, ping, preload_data,
+                    probe_boot_args, run, services_ready, wizard_static)
 from lab.wait import listening, wait_for
 from lab.webapi import ApiClient
 
@@ -682,3 +685,31 @@ address = "{RS1}"
     app.put_config(CONFIG)
     wait_for(lambda: sh not in (t := p.ip_vs()) and mh not in t, 30, interval=0.5,
              what="the SH and MH services to leave the kernel once the configuration drops them")
+
+
+def test_lockdown_in_the_appliance_scanned_from_a_real_server(appliance):
+    """The appliance's own firewall (every test above ran with it): a lockdown to the
+    client's network (and the router, whence the probe comes) made and confirmed through
+    the web API as the wizard does; a real server's namespace, outside it, then finds no
+    port of the appliance's address answering, the web UI included, while the client
+    still reaches it and the DR service; lockdown off opens the web UI to it again."""
+    app = appliance
+    outsider = app.topo.rs["ds1"]
+    assert tcp_state(outsider, GUEST, 9443, timeout=5) == "open"
+    state = app.api.call("GET", "/api/firewall")
+    assert state["firewall"]["enabled"] and state["your_address"] == CLIENT, state
+    assert state["proposal"] == "10.99.8.0/24"
+    networks = ["10.99.8.0/24", "10.99.7.1/32"]
+    applied = app.api.call("PUT", "/api/firewall/lockdown", {"networks": networks})
+    confirmed = app.api.call("POST", "/api/firewall/lockdown/confirm", {"token": applied["token"]})
+    assert confirmed["lockdown"] == networks, confirmed
+    try:
+        found = scan(outsider, [GUEST], sorted(set(range(1, 1025)) | {PROBE_PORT, 9443}), timeout=1)
+        assert found == {}, found
+        dropped = {c["name"]: c["packets"] for c in app.api.call("GET", "/api/firewall")["firewall"]["counters"]}
+        assert dropped["dropped_management"] > 0 and dropped["dropped_other"] > 1000, dropped
+        assert tcp_state(app.topo.client, GUEST, 9443, timeout=5) == "open"
+        dicom(app.topo.client, "echoscu", VIP_DR)
+    finally:
+        app.api.call("DELETE", "/api/firewall/lockdown")
+    assert tcp_state(outsider, GUEST, 9443, timeout=5) == "open"

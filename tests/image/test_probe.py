@@ -8,7 +8,7 @@ import subprocess
 
 from lab.binaries import binary
 from lab.programs import program
-from lab.vm import PROBE_PORT, initrd_file, kernel_cmdline, probe_boot_args, probe_service, run
+from lab.vm import PROBE_PORT, initrd_file, kernel_cmdline, probe_boot_args, probe_service, run, with_probe_port
 
 
 def cpio_list(path, zstd=True):
@@ -45,7 +45,8 @@ def test_overlay_adds_the_probe_and_the_image_services_file_plus_one_service(ima
     files = cpio_list(overlay, zstd=False)
     assert sorted(files) == ["etc", "etc/init", "etc/init/services.toml", "usr", "usr/bin", "usr/bin/vmprobe"]
     services = (tmp_path / "overlay" / "etc" / "init" / "services.toml").read_text()
-    assert services == initrd_file(image, "etc/init/services.toml") + probe_service()
+    assert services == with_probe_port(initrd_file(image, "etc/init/services.toml")) + probe_service()
+    assert '"--management-port", "7999"' in services
     assert f'args = ["--port", "{PROBE_PORT}"]' in services
     # the image's initramfs, zero padding to 4 bytes (where the kernel looks for the
     # next archive), then the overlay

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from lab.binaries import binary
+from lab.programs import program
 from lab.wait import wait_for
 
 VIP = "10.77.0.100"
@@ -37,6 +38,7 @@ class Lbcore:
         self.log_path = self.dir / "lbcore.log"
         # `firewall`: lbcore keeps the firewall of the `lb` namespace (nftables are per
         # namespace), with its settings in `firewall_file`
+        self.firewall = firewall
         self.firewall_file = self.dir / "firewall.toml"
         self.extra_args = tuple(extra_args) + (("--firewall", str(self.firewall_file)) if firewall else ())
         if config_text is not None:
@@ -96,3 +98,9 @@ class Lbcore:
         self.lab.stop(self.process, signal.SIGTERM)
         self.log_file.close()
         return self.process.returncode
+
+    def remove_firewall(self):
+        """Removes the table lbcore left (it stays when lbcore stops, so that the appliance
+        stays protected while lbcore restarts): the next test of the lab starts without."""
+        if self.firewall:
+            self.host.run([program("nft"), "delete", "table", "inet", "medlb"], check=False)

@@ -331,6 +331,14 @@ restart = "always"
 {extra}'''
 
 
+def with_probe_port(services):
+    """The image's services.toml with the probe's port among lbcore's management ports."""
+    firewall_arg = '"--firewall", "{data}/config/firewall.toml"'
+    assert firewall_arg in services, "the image's lbcore no longer keeps the firewall"
+    ports = f', "--management-port", "9443", "--management-port", "{PROBE_PORT}"'
+    return services.replace(firewall_arg, firewall_arg + ports)
+
+
 def probe_initrd(image, workdir, services_extra=None):
     """The slot's initramfs with an overlay archive appended (Linux unpacks both, the
     later files replacing the earlier ones): the probe binary, and the image's own
@@ -344,6 +352,9 @@ def probe_initrd(image, workdir, services_extra=None):
         d.chmod(0o755)
     run(program("cp"), binary("vmprobe"), tree / "usr" / "bin" / "vmprobe")
     services = initrd_file(image, "etc/init/services.toml")
+    # the appliance's firewall lets the probe in as a management port (from the lockdown
+    # networks, or from anywhere with lockdown off), beside the web UI's
+    services = with_probe_port(services)
     (tree / "etc" / "init" / "services.toml").write_text(
         services + (probe_service() if services_extra is None else services_extra))
     overlay = mkcpio(tree, workdir / "overlay.cpio")

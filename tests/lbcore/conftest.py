@@ -40,7 +40,9 @@ def stop_test_processes(lab):
 def lbcore(lab):
     started = []
 
-    def start(config_text, extra_args=(), files=None, firewall=False):
+    # with the firewall on, as the appliance runs lbcore: every system test of lbcore
+    # also shows that the firewall lets its services work
+    def start(config_text, extra_args=(), files=None, firewall=True):
         lb = Lbcore(lab, config_text, extra_args, files, firewall)
         started.append(lb)
         return lb
@@ -49,6 +51,7 @@ def lbcore(lab):
     for lb in started:
         if lb.process.poll() is None:
             lb.stop()
+        lb.remove_firewall()
 
 
 @pytest.fixture

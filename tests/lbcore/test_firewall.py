@@ -16,13 +16,13 @@ import json
 import socket
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from lab.lbcore import VIP
-from lab.netns import Lab, connect_from, socket_in
+from lab.netns import Lab, connect_from
 from lab.peers import tcp_peer
+from lab.scan import scan, tcp_state, udp_state
 from lab.wait import wait_for
 
 L4_VIP = "10.77.0.101"
@@ -76,41 +76,6 @@ def appliance(lab, lbcore):
     return lb
 
 
-def tcp_state(host, address, port, timeout=0.4):
-    try:
-        connect_from(host, address, port, timeout=timeout).close()
-        return "open"
-    except ConnectionRefusedError:
-        return "closed"
-    except (socket.timeout, TimeoutError):
-        return "filtered"
-
-
-def scan(host, addresses, ports=SCANNED):
-    """{(address, port): "open" | "closed"} of every port that answered."""
-    targets = [(a, p) for a in addresses for p in ports]
-    with ThreadPoolExecutor(128) as pool:
-        states = pool.map(lambda t: tcp_state(host, *t), targets)
-    return {t: s for t, s in zip(targets, states) if s != "filtered"}
-
-
-def udp_state(host, address, port, timeout=0.5):
-    """"closed" when an ICMP port unreachable came back, else "no answer"."""
-    s = socket_in(host)
-    try:
-        s.settimeout(timeout)
-        s.connect((address, port))
-        s.send(b"probe\n")
-        s.recv(100)
-        return "answered"
-    except ConnectionRefusedError:
-        return "closed"
-    except (socket.timeout, TimeoutError):
-        return "no answer"
-    finally:
-        s.close()
-
-
 def lockdown(lb, networks):
     out = lb.ctl("firewall", "lockdown", *networks).stdout
     token = out.strip().split()[-1]
@@ -150,7 +115,7 @@ def test_with_lockdown_outsiders_reach_only_the_virtual_services(lab, appliance,
     lockdown(lb, [LOCKDOWN])
     assert firewall(lb)["lockdown"] == [LOCKDOWN]
     dropped = counter(lb, "dropped_management")
-    found = scan(outsider, appliance_addresses)
+    found = scan(outsider, appliance_addresses, SCANNED)
     # Layer 7 listeners answer; Layer 4's port is let through (this kernel has no IPVS
     # to take it, so it is refused rather than dropped)
     assert found == {(VIP, 7000): "open", (VIP, 7001): "open", (L4_VIP, 7400): "closed"}, found

@@ -396,7 +396,7 @@ def test_the_description_is_served_without_a_session_and_is_valid(lbweb):
 
 
 def test_every_route_answers_as_described_with_and_without_layer_4(lab, lbcore, lbweb, servers):
-    lb = lbcore(config(layer4=True, newer=True))
+    lb = lbcore(config(layer4=True, newer=True), firewall=False)
     lb.wait_health("APP", "RS1", "up")
     lb.wait_health("APP", "RS2", "down")
     w = lbweb(lb.socket)
@@ -938,7 +938,7 @@ def test_the_firewall_routes_answer_as_described(lab, lbcore, lbweb, servers):
 
     # an lbcore that keeps no firewall
     w.stop()
-    plain = lbcore(config())
+    plain = lbcore(config(), firewall=False)
     w = lbweb(plain.socket)
     c = checked(w)
     c.login()
