@@ -7,6 +7,7 @@ tests/bench/run sets PYTHONPATH, so everything imports these as `lab.<module>`:
   preflight   checks that table against this machine (`python3 -m lab.preflight`)
   wait        wait_for() and wait_listening()
   netns       test hosts in network namespaces on a bridge (Lab, Host, connect_from)
+  scan        TCP and UDP port scans from a test host
   peers       starting the peers of tests/peers/ and dcmtk's storescp in a test host
   lbcore      lbcore run in a test host and driven with lbctl
   webapi      a client of lbweb's HTTPS JSON API, from inside a test host

@@ -36,7 +36,7 @@ PROGRAMS = {p.name: p for p in [
     Program("ss", "/bin/ss", "iproute2", "lab.wait.wait_listening, tests/lbcore keepalive test"),
     Program("ping", "/bin/ping", "iputils-ping", "tests/init network test, tests/image (the booted VM answers)"),
     Program("sysctl", "/sbin/sysctl", "procps", "tests/lbcore ARP test, tests/image/test_layer4, tests/bench"),
-    Program("nft", "/usr/sbin/nft", "nftables", "run by lbcore for SNAT (its unit tests; the image ships it)"),
+    Program("nft", "/usr/sbin/nft", "nftables", "run by lbcore for the firewall and SNAT (its unit tests, tests/lbcore; the image ships it)"),
     Program("unshare", "/usr/bin/unshare", "util-linux", "lab.pid1: init as PID 1 of new namespaces"),
     Program("taskset", "/usr/bin/taskset", "util-linux", "tests/bench: CPU placement"),
     Program("blkid", "/sbin/blkid", "util-linux", "tests/init data partition test"),
