@@ -165,8 +165,16 @@ impl Daemon {
         // old ones; it follows right after the commit
         let candidate = Arc::new(prepared.config.clone());
         let c = candidate.clone();
-        if let Some(Err(e)) = self.with_firewall(move |f| f.check_config(&c)).await {
-            return Err(ChangeError::Firewall(e));
+        if let Some((Err(e), started)) = self
+            .with_firewall(move |f| (f.check_config(&c), f.has_applied()))
+            .await
+        {
+            if started {
+                return Err(ChangeError::Firewall(e));
+            }
+            // at start there are no old services to keep serving: the load balancer
+            // runs, and the failure shows in the log and the firewall's status
+            error!("{e}");
         }
         for w in &warnings {
             warn!("{w}");

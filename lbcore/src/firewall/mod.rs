@@ -91,6 +91,11 @@ impl Firewall {
         }
     }
 
+    /// Whether a ruleset was ever applied or tried (false only at lbcore's start).
+    pub fn has_applied(&self) -> bool {
+        self.last.is_some()
+    }
+
     /// When the waiting lockdown ends, if one waits.
     pub fn deadline(&self) -> Option<Instant> {
         self.pending.as_ref().map(|p| p.deadline)

@@ -3,8 +3,8 @@
 //! table in one file, which `nft -f` applies as one transaction: there is never a
 //! moment with no rules or half of them.
 //!
-//! Input, in order: loopback; established and related flows; invalid ones dropped;
-//! the virtual services' addresses and ports, from anywhere (they are the product);
+//! Input, in order: loopback; established and related flows; the virtual services'
+//! addresses and ports, from anywhere (they are the product); invalid flows dropped;
 //! ICMP echo (rate limited) and the ICMP errors path MTU discovery needs, IPv6
 //! neighbour discovery; DHCP replies; the management ports, never on a virtual
 //! service's address, from the lockdown networks (or from anywhere with lockdown off);
@@ -173,9 +173,12 @@ pub fn generate(inputs: &Inputs) -> Script {
     s += "\tchain input {\n\t\ttype filter hook input priority filter; policy drop;\n";
     s += "\t\tiif \"lo\" accept\n";
     s += "\t\tct state established,related accept\n";
-    s += "\t\tct state invalid counter name dropped_invalid drop\n";
+    // before the invalid drop: with direct routing the replies go from the real server
+    // straight to the client, so conntrack here never sees them and takes the client's
+    // next packets for invalid ones
     s += "\t\tip daddr . tcp dport @services_v4 accept\n";
     s += "\t\tip6 daddr . tcp dport @services_v6 accept\n";
+    s += "\t\tct state invalid counter name dropped_invalid drop\n";
     s += "\t\ticmp type echo-request limit rate 50/second burst 100 packets accept\n";
     s += "\t\ticmp type echo-request counter name dropped_ping drop\n";
     s += "\t\ticmp type { destination-unreachable, time-exceeded, parameter-problem } limit rate 100/second burst 200 packets accept\n";
