@@ -465,3 +465,86 @@ fn new_token() -> String {
     }
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_opens_every_service_port_and_forwards_nat_replies() {
+        let text = r#"
+[[service]]
+label = "PACS"
+layer = 7
+address = "10.0.0.70"
+ports = [104, 11112]
+check = { kind = "none" }
+[[service.real_server]]
+label = "DS1"
+address = "10.0.0.31"
+
+[[service]]
+label = "L4"
+layer = 4
+address = "10.0.0.71"
+port = 2575
+forwarding = "nat"
+check = { kind = "none" }
+[[service.real_server]]
+label = "HL7A"
+address = "10.0.0.41"
+port = 12575
+[[service.real_server]]
+label = "HL7B"
+address = "10.0.0.42"
+
+[[service]]
+label = "DR"
+layer = 4
+address = "10.0.0.72"
+port = 104
+forwarding = "direct-routing"
+check = { kind = "none" }
+[[service.real_server]]
+label = "DS9"
+address = "10.0.0.49"
+"#;
+        let config = crate::config::parse(text).unwrap();
+        let i = inputs_of(&config);
+        let ports: Vec<(String, Vec<u16>)> = i
+            .services
+            .iter()
+            .map(|(a, p)| (a.to_string(), p.iter().copied().collect()))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("10.0.0.70".to_string(), vec![104, 11112]),
+                ("10.0.0.71".to_string(), vec![2575]),
+                ("10.0.0.72".to_string(), vec![104]),
+            ]
+        );
+        // only NAT's real servers answer through the appliance (DR's go straight back)
+        let nat: Vec<String> = i
+            .nat_servers
+            .iter()
+            .map(|(a, p)| format!("{a}:{p}"))
+            .collect();
+        assert_eq!(nat, ["10.0.0.41:12575", "10.0.0.42:2575"]);
+    }
+
+    #[test]
+    fn a_mapped_ipv4_requester_is_its_ipv4_address_and_tokens_differ() {
+        assert_eq!(
+            canonical("::ffff:192.0.2.7".parse().unwrap()),
+            "192.0.2.7".parse::<IpAddr>().unwrap()
+        );
+        assert_eq!(
+            canonical("2001:db8::7".parse().unwrap()),
+            "2001:db8::7".parse::<IpAddr>().unwrap()
+        );
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}
