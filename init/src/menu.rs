@@ -226,8 +226,19 @@ pub fn status_screen(shared: &Shared) -> String {
     for (name, mac, state, driver) in links(&shared.sys) {
         s += &format!("  link:     {name} {mac} {state} ({driver})\n");
     }
+    // a virtual service's address never serves the web UI (the firewall drops 9443 there)
+    let services: Vec<std::net::IpAddr> =
+        appliance::files::lbcore::load(&shared.layout.lbcore_config())
+            .map(|(c, _)| c.services.iter().map(|v| v.address).collect())
+            .unwrap_or_default();
     for (_, a) in &addrs {
         let ip = a.split('/').next().unwrap_or(a);
+        if ip
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| services.contains(&ip))
+        {
+            continue;
+        }
         s += &format!("  web UI:   https://{ip}:{WEB_UI_PORT}/\n");
     }
     if let Ok((account, _)) = crate::admin::AdminFile::load(&shared.layout.admin_config()) {
@@ -246,16 +257,16 @@ pub fn status_screen(shared: &Shared) -> String {
         );
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
-    if let Some(slot) = cmdline
+    let slot = cmdline
         .split_whitespace()
-        .find_map(|w| w.strip_prefix("lb.slot="))
-    {
+        .find_map(|w| w.strip_prefix("lb.slot="));
+    if let Some(slot) = slot {
         s += &format!("  slot:     {slot}\n");
     }
     let (update, _) =
         appliance::files::update_state::UpdateState::load(&shared.layout.update_state());
-    if let Some(last) = update.last {
-        s += &format!("  update:   {}\n", last.message);
+    if let Some(line) = update_line(&update, slot) {
+        s += &format!("  update:   {line}\n");
     }
     s += &format!(
         "  time:     {} (not synchronised: no time server is set)\n",
@@ -291,6 +302,26 @@ pub fn status_screen(shared: &Shared) -> String {
         s += &format!("  problem:  {p}\n");
     }
     s
+}
+
+/// What the status screen says of the software update. The agent's last message was
+/// written on the old slot ("installed: restart to use it"); booted into the new slot
+/// and not yet marked good, the update is on trial, which the message cannot know.
+fn update_line(
+    update: &appliance::files::update_state::UpdateState,
+    running_slot: Option<&str>,
+) -> Option<String> {
+    use appliance::files::update_state::Outcome;
+    let last = update.last.as_ref()?;
+    match &update.target {
+        Some(t) if last.outcome == Outcome::Installed && running_slot == Some(t.slot.as_str()) => {
+            Some(format!(
+                "{} on trial in slot {}: it is kept once its services are ready; otherwise the appliance returns to {} by itself",
+                t.version, t.slot, t.from_version
+            ))
+        }
+        _ => Some(last.message.clone()),
+    }
 }
 
 /// The service status lines (and lbcore's own status when `lbctl` is there).

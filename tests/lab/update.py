@@ -126,12 +126,13 @@ def newc(files, mtime=MTIME):
         return run(program("python3"), MKCPIO, d, "--mtime", mtime).stdout
 
 
-def new_version(version, directory, initrd_padding=0):
+def new_version(version, directory, initrd_padding=0, extra_files=None):
     """A slot directory for `version`: the built slot's vmlinuz; its initrd.img with a
     cpio appended that holds etc/version ("VERSION (development build)") and
     etc/os-release, plus `initrd_padding` random (incompressible) bytes in a file of its
-    own when a large archive is wanted; manifest.txt with the version and the new
-    initrd's SHA-256. Returns the directory."""
+    own when a large archive is wanted, and `extra_files` ({path in the initramfs: bytes},
+    replacing the image's: a version that is broken on purpose); manifest.txt with the
+    version and the new initrd's SHA-256. Returns the directory."""
     slot = Path(directory)
     slot.mkdir(parents=True, exist_ok=True)
     shown = f"{version} (development build)"
@@ -142,6 +143,7 @@ def new_version(version, directory, initrd_padding=0):
     }
     if initrd_padding:
         files["usr/share/medlb/padding"] = os.urandom(initrd_padding)
+    files.update(extra_files or {})
     shutil.copyfile(SLOT / "vmlinuz", slot / "vmlinuz")
     built = (SLOT / "initrd.img").read_bytes()
     with open(slot / "initrd.img", "wb") as out:

@@ -380,6 +380,12 @@ class _Ns:
         self.ns = ns
 
 
+def in_netns(ns):
+    """Test namespace `ns` (a name) as a host that lab.webapi.ApiClient and
+    lab.netns.connect_from connect from."""
+    return _Ns(ns)
+
+
 class Probe:
     """The client of tests/vmprobe in the booted VM, from test namespace `ns`."""
 
