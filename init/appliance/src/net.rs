@@ -109,6 +109,15 @@ impl<'de> Deserialize<'de> for Ipv4Cidr {
     }
 }
 
+/// The address a peer really has: an IPv4 client of a dual-stack socket shows as an
+/// IPv4-mapped IPv6 address (`::ffff:192.0.2.7`), which no IPv4 network contains.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
 /// A dotted netmask as a prefix length; `None` for a mask that is not contiguous.
 pub fn netmask_to_prefix(mask: Ipv4Addr) -> Option<u8> {
     ipnet::ipv4_mask_to_prefix(mask).ok()

@@ -16,6 +16,7 @@
 
 pub mod ruleset;
 
+use appliance::net::canonical;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -433,15 +434,6 @@ fn counters() -> Vec<DropCounter> {
             }
         })
         .collect()
-}
-
-/// An IPv4 address that came in as IPv4-mapped IPv6 (a dual-stack listener) is the
-/// IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 fn join(nets: &[IpNet]) -> String {

@@ -36,6 +36,7 @@
 //! request's route in it, and a unit test checks that `openapi.json` describes exactly
 //! these routes and this table names them.
 
+use appliance::net::canonical;
 use std::net::IpAddr;
 use std::path::PathBuf;
 
@@ -310,14 +311,6 @@ struct ConfirmBody {
 #[serde(deny_unknown_fields)]
 struct CustomBody {
     text: String,
-}
-
-/// An IPv4 client of a dual-stack socket is its IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 /// The network proposed for a lockdown from `ip`.
